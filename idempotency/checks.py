@@ -1,0 +1,174 @@
+"""System checks for ``settings.IDEMPOTENCY``: mistakes show up in
+``manage.py check`` (and every ``runserver``/``migrate``), not at the first
+request. Each message has a stable id, listed in README.rst."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from django.apps import AppConfig
+from django.conf import settings as django_settings
+from django.core import checks
+from django.db import connections
+from django.utils.module_loading import import_string
+
+from .backends.database import SUPPORTED_VENDORS
+from .conf import DEFAULTS, NEVER_REPLAYED
+
+HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+
+
+def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    value = getattr(django_settings, "IDEMPOTENCY", {})
+    if not isinstance(value, dict):
+        return [
+            checks.Error(
+                "settings.IDEMPOTENCY must be a dict.",
+                hint="For example: IDEMPOTENCY = {\"TTL\": timedelta(hours=24)}.",
+                id="idempotency.E001",
+            )
+        ]
+    errors: list[checks.CheckMessage] = []
+    for name in sorted(set(value) - set(DEFAULTS)):
+        errors.append(
+            checks.Error(
+                f"settings.IDEMPOTENCY has an unknown key {name!r}.",
+                hint="Valid keys: " + ", ".join(DEFAULTS) + ".",
+                id="idempotency.E002",
+            )
+        )
+    for name, check in VALUE_CHECKS.items():
+        if name in value:
+            errors.extend(check(value[name]))
+    return errors
+
+
+def _error(name: str, problem: str, hint: str, id: str) -> list[checks.CheckMessage]:
+    return [checks.Error(f"IDEMPOTENCY[{name!r}] {problem}", hint=hint, id=id)]
+
+
+def _header(value: Any) -> list[checks.CheckMessage]:
+    if isinstance(value, str) and HEADER_NAME.match(value):
+        return []
+    return _error(
+        "HEADER",
+        "must be an HTTP header name of letters, digits and hyphens.",
+        'The default is "Idempotency-Key".',
+        "idempotency.E003",
+    )
+
+
+def _duration(name: str, id: str) -> Any:
+    def check(value: Any) -> list[checks.CheckMessage]:
+        if isinstance(value, timedelta):
+            positive = value > timedelta(0)
+        else:
+            positive = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        if positive:
+            return []
+        return _error(
+            name,
+            "must be a positive timedelta or number of seconds.",
+            f"For example: timedelta(seconds={int(DEFAULTS[name].total_seconds())}).",
+            id,
+        )
+
+    return check
+
+
+def _boolean(name: str, id: str) -> Any:
+    def check(value: Any) -> list[checks.CheckMessage]:
+        if isinstance(value, bool):
+            return []
+        return _error(name, "must be True or False.", f"The default is {DEFAULTS[name]}.", id)
+
+    return check
+
+
+def _callable(name: str, id: str) -> Any:
+    def check(value: Any) -> list[checks.CheckMessage]:
+        if callable(value):
+            return []
+        if isinstance(value, str):
+            try:
+                if callable(import_string(value)):
+                    return []
+            except ImportError:
+                pass
+        return _error(
+            name,
+            "must be a callable taking the request, or the dotted path of one.",
+            f'The default is "{DEFAULTS[name]}".',
+            id,
+        )
+
+    return check
+
+
+def _replay_headers(value: Any) -> list[checks.CheckMessage]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)) or not all(
+        isinstance(name, str) for name in value
+    ):
+        return _error(
+            "REPLAY_HEADERS",
+            "must be a list of header names.",
+            'For example: ["Content-Type", "Location", "ETag"].',
+            "idempotency.E009",
+        )
+    session = sorted(name for name in value if name.lower() in NEVER_REPLAYED)
+    if session:
+        return _error(
+            "REPLAY_HEADERS",
+            f"names {', '.join(session)}, which belong to one client's session and are never "
+            "replayed.",
+            "Remove them: replaying them would hand one client's session to another.",
+            "idempotency.E010",
+        )
+    return []
+
+
+def _max_response_bytes(value: Any) -> list[checks.CheckMessage]:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return []
+    return _error(
+        "MAX_RESPONSE_BYTES",
+        "must be a positive number of bytes.",
+        "The default is 1048576 (1 MiB).",
+        "idempotency.E012",
+    )
+
+
+def _database(value: Any) -> list[checks.CheckMessage]:
+    if not isinstance(value, str) or value not in django_settings.DATABASES:
+        return _error(
+            "DATABASE",
+            f"names {value!r}, which is not in settings.DATABASES.",
+            "Name the alias of the database that holds the protected views' data.",
+            "idempotency.E013",
+        )
+    vendor = connections[value].vendor
+    if vendor not in SUPPORTED_VENDORS:
+        return _error(
+            "DATABASE",
+            f"names a {vendor} database, which this package cannot claim keys on.",
+            "Use PostgreSQL, MariaDB/MySQL or SQLite for the key table.",
+            "idempotency.E014",
+        )
+    return []
+
+
+VALUE_CHECKS = {
+    "HEADER": _header,
+    "TTL": _duration("TTL", "idempotency.E004"),
+    "LOCK_TIMEOUT": _duration("LOCK_TIMEOUT", "idempotency.E005"),
+    "REQUIRED": _boolean("REQUIRED", "idempotency.E006"),
+    "SCOPE": _callable("SCOPE", "idempotency.E007"),
+    "FINGERPRINT": _callable("FINGERPRINT", "idempotency.E008"),
+    "REPLAY_HEADERS": _replay_headers,
+    "STORE_SERVER_ERRORS": _boolean("STORE_SERVER_ERRORS", "idempotency.E011"),
+    "MAX_RESPONSE_BYTES": _max_response_bytes,
+    "DATABASE": _database,
+}

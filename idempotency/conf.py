@@ -1,0 +1,116 @@
+"""The ``IDEMPOTENCY`` settings, with their defaults, read on every access.
+
+Nothing here is cached: reading ``django.conf.settings`` each time is what
+makes ``override_settings`` work in tests (DRF issue 6030 shows the bug that
+copying settings at import causes). Validation lives in ``checks.py``; these
+properties only normalise values that the checks have already approved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+DEFAULTS: dict[str, Any] = {
+    "HEADER": "Idempotency-Key",
+    "TTL": timedelta(hours=24),
+    "LOCK_TIMEOUT": timedelta(seconds=60),
+    "REQUIRED": True,
+    "SCOPE": "idempotency.keys.default_scope",
+    "FINGERPRINT": "idempotency.fingerprint.default_fingerprint",
+    "REPLAY_HEADERS": ("Content-Type", "Location", "ETag", "Link", "Content-Language"),
+    "STORE_SERVER_ERRORS": False,
+    "MAX_RESPONSE_BYTES": 1024 * 1024,
+    "DATABASE": "default",
+}
+
+# Headers that belong to one client session. They are refused by the system
+# checks and dropped again at run time, so a replay can never hand one
+# client's session to another.
+NEVER_REPLAYED = frozenset({"set-cookie", "vary", "www-authenticate", "x-csrftoken"})
+
+
+def user_settings() -> dict[str, Any]:
+    value = getattr(django_settings, "IDEMPOTENCY", {})
+    return value if isinstance(value, dict) else {}
+
+
+def as_timedelta(value: timedelta | float) -> timedelta:
+    """Accept a ``timedelta`` or a number of seconds, as the settings do."""
+    if isinstance(value, timedelta):
+        return value
+    return timedelta(seconds=value)
+
+
+@lru_cache(maxsize=64)
+def _import(path: str) -> Callable[..., Any]:
+    return import_string(path)  # type: ignore[no-any-return]
+
+
+def as_callable(value: str | Callable[..., Any], label: str) -> Callable[..., Any]:
+    """Resolve a callable given directly or as a dotted path."""
+    if callable(value):
+        return value
+    try:
+        return _import(value)
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"{label} cannot be imported: {exc}") from exc
+
+
+class Settings:
+    """Each property reads ``settings.IDEMPOTENCY`` anew."""
+
+    def _get(self, name: str) -> Any:
+        return user_settings().get(name, DEFAULTS[name])
+
+    @property
+    def HEADER(self) -> str:  # noqa: N802 - settings keep Django's spelling
+        return str(self._get("HEADER"))
+
+    @property
+    def TTL(self) -> timedelta:  # noqa: N802
+        return as_timedelta(self._get("TTL"))
+
+    @property
+    def LOCK_TIMEOUT(self) -> timedelta:  # noqa: N802
+        return as_timedelta(self._get("LOCK_TIMEOUT"))
+
+    @property
+    def REQUIRED(self) -> bool:  # noqa: N802
+        return bool(self._get("REQUIRED"))
+
+    @property
+    def SCOPE(self) -> Callable[..., Any]:  # noqa: N802
+        return as_callable(self._get("SCOPE"), "IDEMPOTENCY['SCOPE']")
+
+    @property
+    def FINGERPRINT(self) -> Callable[..., Any]:  # noqa: N802
+        return as_callable(self._get("FINGERPRINT"), "IDEMPOTENCY['FINGERPRINT']")
+
+    @property
+    def REPLAY_HEADERS(self) -> frozenset[str]:  # noqa: N802
+        # Content-Type and Location are part of the response's meaning, so
+        # they are replayed whatever the setting says (CONTRACT section 2).
+        names = {name.lower() for name in self._get("REPLAY_HEADERS")}
+        return frozenset((names | {"content-type", "location"}) - NEVER_REPLAYED)
+
+    @property
+    def STORE_SERVER_ERRORS(self) -> bool:  # noqa: N802
+        return bool(self._get("STORE_SERVER_ERRORS"))
+
+    @property
+    def MAX_RESPONSE_BYTES(self) -> int:  # noqa: N802
+        return int(self._get("MAX_RESPONSE_BYTES"))
+
+    @property
+    def DATABASE(self) -> str:  # noqa: N802
+        return str(self._get("DATABASE"))
+
+
+settings = Settings()

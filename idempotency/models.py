@@ -1,0 +1,98 @@
+"""The stored record: one row per (scope, key), under a database unique constraint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+class IdempotencyKeyQuerySet(models.QuerySet["IdempotencyKey"]):
+    def expired(self, now: datetime | None = None) -> IdempotencyKeyQuerySet:
+        """Records past their expiry: completed ones past their TTL, and
+        in-flight ones whose claim outlived ``LOCK_TIMEOUT``."""
+        return self.filter(expires_at__lt=now or timezone.now())
+
+    def purge_batches(self, batch_size: int = 1000, now: datetime | None = None) -> Iterator[int]:
+        """Delete expired records in short batches, yielding each batch's count.
+
+        Each batch is its own short transaction (autocommit), so the purge can
+        run while traffic flows and its memory is bounded by ``batch_size``.
+        Ids are selected first and deleted second because MySQL refuses
+        ``LIMIT`` inside an ``IN`` subquery; the delete repeats the expiry test
+        so that a record renewed between the two statements (an expired key
+        taken over by a new request) is never deleted.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be a positive integer.")
+        cutoff = now or timezone.now()
+        expired = self.expired(cutoff).order_by()
+        while True:
+            ids = list(expired.values_list("pk", flat=True)[:batch_size])
+            if not ids:
+                return
+            deleted, _ = expired.filter(pk__in=ids).delete()
+            yield deleted
+            if len(ids) < batch_size:
+                return
+
+    def purge(self, batch_size: int = 1000, now: datetime | None = None) -> int:
+        """Delete every expired record in batches; return how many were deleted.
+
+        For cron jobs and Celery tasks: ``IdempotencyKey.objects.purge()``.
+        """
+        return sum(self.purge_batches(batch_size=batch_size, now=now))
+
+
+class IdempotencyKey(models.Model):
+    """A client's idempotency key and the response its first request produced."""
+
+    class State(models.TextChoices):
+        IN_FLIGHT = "in_flight", _("in flight")
+        COMPLETED = "completed", _("completed")
+
+    scope = models.CharField(
+        _("scope"),
+        max_length=255,
+        help_text=_("The principal the key belongs to, by default the user."),
+    )
+    key = models.CharField(_("key"), max_length=255)
+    fingerprint = models.CharField(
+        _("fingerprint"),
+        max_length=64,
+        help_text=_("SHA-256 of the method, path, query string and body."),
+    )
+    state = models.CharField(_("state"), max_length=16, choices=State.choices)
+    method = models.CharField(_("method"), max_length=16)
+    path = models.TextField(_("path"))
+    status = models.PositiveSmallIntegerField(_("response status"), null=True, blank=True)
+    headers = models.JSONField(_("response headers"), null=True, blank=True)
+    body = models.BinaryField(_("response body"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"))
+    completed_at = models.DateTimeField(_("completed at"), null=True, blank=True)
+    expires_at = models.DateTimeField(
+        _("expires at"),
+        help_text=_(
+            "When the record may be purged or reused: TTL after completion, "
+            "or LOCK_TIMEOUT after the claim while in flight."
+        ),
+    )
+
+    objects = IdempotencyKeyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("idempotency key")
+        verbose_name_plural = _("idempotency keys")
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "key"], name="idempotency_scope_key_uniq"),
+        ]
+        indexes = [models.Index(fields=["expires_at"], name="idempotency_expires_at_idx")]
+
+    def __str__(self) -> str:
+        return self.key
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expires_at < now
