@@ -1,0 +1,43 @@
+"""What a store of idempotency records answers, whatever it keeps them in."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class Outcome(enum.Enum):
+    CLAIMED = "claimed"  # this request owns the key: run the handler
+    IN_FLIGHT = "in_flight"  # another request holds the key right now: 409
+    COMPLETED = "completed"  # a finished request left a response: replay or 422
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: Outcome
+    fingerprint: str = ""
+    response: StoredResponse | None = None
+    # Whatever the store needs to prove, when it saves the response, that
+    # this request still owns the record it claimed.
+    token: Any = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """The parts of a request a store needs in order to claim its key."""
+
+    scope: str
+    key: str
+    fingerprint: str
+    method: str
+    path: str
+    now: datetime

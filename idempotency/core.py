@@ -1,0 +1,173 @@
+"""The protocol that ``@idempotent`` and ``IdempotentMixin`` share: check the
+key, claim it, run the handler once, store its response, replay it.
+
+Both entry points call :func:`protect` after DRF's ``initial()`` has run, so
+authentication, permissions and throttling always come before a replay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.db import transaction
+from django.http import HttpResponse
+from django.http.multipartparser import MultiPartParserError
+from django.http.response import HttpResponseBase
+from django.utils import timezone
+from rest_framework.request import Request
+
+from . import problems
+from .backends.base import Claim, Outcome, RequestInfo, StoredResponse
+from .backends.database import DatabaseStore
+from .conf import settings
+from .keys import InvalidKey, normalise_scope, parse_key
+from .options import Options
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+_ACTIVE = "_idempotency_active"
+
+
+class _RolledBack(Exception):
+    """Leaves the claim's transaction by rolling it back, carrying the answer."""
+
+    def __init__(self, response: HttpResponseBase) -> None:
+        self.response = response
+
+
+def protect(
+    request: Request, call: Callable[[], HttpResponseBase], options: Options
+) -> HttpResponseBase:
+    """Answer ``request``, running ``call`` at most once per key."""
+    if request.method not in options.methods or getattr(request, _ACTIVE, False):
+        return call()
+    raw_key = request.headers.get(settings.HEADER)
+    if raw_key is None:
+        return problems.KEY_MISSING.response() if options.get_required() else call()
+    try:
+        key = parse_key(raw_key)
+    except InvalidKey:
+        return problems.KEY_MALFORMED.response()
+    try:
+        fingerprint = _normalise_fingerprint(options.get_fingerprint()(request))
+    except RequestDataTooBig:
+        return problems.BODY_TOO_LARGE.response()
+    except (MultiPartParserError, SuspiciousOperation, OSError) as exc:
+        # A malformed multipart body, too many fields, or a client that hung
+        # up mid-body: the client's fault, and nothing has been claimed yet.
+        return problems.BODY_MALFORMED.response(reason=str(exc) or type(exc).__name__)
+    setattr(request, _ACTIVE, True)
+    store = DatabaseStore(settings.DATABASE)
+    info = RequestInfo(
+        scope=normalise_scope(options.get_scope()(request)),
+        key=key,
+        fingerprint=fingerprint,
+        method=request.method,
+        path=request.get_full_path(),
+        now=timezone.now(),
+    )
+    try:
+        with store.atomic():
+            claim = store.claim(info, settings.LOCK_TIMEOUT)
+            if claim.outcome is Outcome.CLAIMED:
+                return _execute(request, call, options, store, claim)
+    except _RolledBack as rolled_back:
+        return rolled_back.response
+    if claim.outcome is Outcome.IN_FLIGHT:
+        return problems.IN_FLIGHT.response()
+    if claim.fingerprint != info.fingerprint:
+        return problems.KEY_REUSED.response()
+    assert claim.response is not None
+    return replay(claim.response)
+
+
+def _execute(
+    request: Request,
+    call: Callable[[], HttpResponseBase],
+    options: Options,
+    store: DatabaseStore,
+    claim: Claim,
+) -> HttpResponseBase:
+    """Run the handler inside the claim's transaction and store its response.
+
+    An exception from the handler leaves the ``atomic`` block, which rolls
+    back its effects and the claim together; DRF then turns it into a
+    response, and the key is free for a corrected retry.
+    """
+    response = _render(request, call())
+    status = response.status_code
+    if status == 429 or (status >= 500 and not settings.STORE_SERVER_ERRORS):
+        # Transient outcomes: undo the effects and leave the key free.
+        transaction.set_rollback(True, using=store.alias)
+        return response
+    response, body = _read_body(response, settings.MAX_RESPONSE_BYTES)
+    replay_headers = settings.REPLAY_HEADERS
+    stored = StoredResponse(
+        status=status,
+        headers=[(name, value) for name, value in response.items() if name.lower() in replay_headers],
+        body=body,
+    )
+    if not store.complete(claim, stored, options.get_ttl()):
+        raise _RolledBack(problems.IN_FLIGHT.response())
+    return response
+
+
+def _render(request: Request, response: HttpResponseBase) -> HttpResponseBase:
+    """Render a DRF ``Response`` now, exactly as DRF would, so that the bytes
+    stored are the bytes sent (G3). DRF finalizes it again afterwards, which
+    changes nothing once it is rendered."""
+    render = getattr(response, "render", None)
+    if render is None or getattr(response, "is_rendered", True):
+        return response
+    view = (request.parser_context or {}).get("view")
+    if view is None:
+        raise TypeError(
+            "@idempotent protects handlers of Django REST framework views; this request "
+            "was not dispatched by an APIView."
+        )
+    response = view.finalize_response(request, response, *view.args, **view.kwargs)
+    response.render()  # type: ignore[attr-defined]
+    return response
+
+
+def _read_body(response: HttpResponseBase, limit: int) -> tuple[HttpResponseBase, bytes]:
+    """The response's body, read up to ``limit`` bytes; a stream is consumed
+    and replaced by an ordinary response with the same status and headers."""
+    if not response.streaming:
+        body: bytes = response.content  # type: ignore[attr-defined]
+        if len(body) > limit:
+            raise _RolledBack(problems.RESPONSE_TOO_LARGE.response())
+        return response, body
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.streaming_content:  # type: ignore[attr-defined]
+            size += len(chunk)
+            if size > limit:
+                raise _RolledBack(problems.RESPONSE_TOO_LARGE.response())
+            chunks.append(bytes(chunk))
+    finally:
+        response.close()
+    body = b"".join(chunks)
+    buffered = HttpResponse(body, status=response.status_code, headers=dict(response.items()))
+    buffered.cookies = response.cookies
+    return buffered, body
+
+
+def replay(stored: StoredResponse) -> HttpResponse:
+    """Rebuild a stored response: same status, body bytes and allow-listed
+    headers, marked as a replay."""
+    response = HttpResponse(stored.body, status=stored.status)
+    del response["Content-Type"]  # only the stored one, if any (a 204 has none)
+    for name, value in stored.headers:
+        response[name] = value
+    response[REPLAYED_HEADER] = "true"
+    return response
+
+
+def _normalise_fingerprint(value: object) -> str:
+    text = str(value)
+    if len(text) == 64 and all(char in "0123456789abcdef" for char in text):
+        return text
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,70 @@
+"""``IdempotentMixin``: the ``@idempotent`` protocol for a whole view class."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from .core import protect
+from .decorators import OPTIONS_ATTRIBUTE
+from .options import FingerprintFunc, Options, ScopeFunc
+
+
+class IdempotentMixin:
+    """Run each unsafe request of this view at most once per Idempotency-Key."""
+
+    # Each defaults to the IDEMPOTENCY setting of the same name.
+    idempotency_ttl: timedelta | float | None = None
+    idempotency_required: bool | None = None
+    # A callable taking the request, or a dotted path to one. It is read from
+    # the class, where a plain function stays unbound.
+    idempotency_scope: ScopeFunc | str | None = None
+    idempotency_fingerprint: FingerprintFunc | str | None = None
+    # The unsafe methods to protect; None protects POST, PUT, PATCH and DELETE.
+    idempotency_methods: Iterable[str] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Refuse a bad attribute when the class is defined, not on the first
+        # request, and build the options once rather than per request.
+        cls._idempotency_options = Options.build(
+            ttl=cls.idempotency_ttl,
+            required=cls.idempotency_required,
+            scope=cls.idempotency_scope,
+            fingerprint=cls.idempotency_fingerprint,
+            methods=cls.idempotency_methods,
+        )
+        mro = cls.__mro__
+        if APIView in mro and mro.index(APIView) < mro.index(IdempotentMixin):
+            # APIView.initial() does not call super(), so the mixin's would
+            # never run and the view would be silently unprotected.
+            raise TypeError(
+                f"{cls.__name__} lists IdempotentMixin after a DRF view class. List it "
+                f"first, as in: class {cls.__name__}(IdempotentMixin, ModelViewSet)."
+            )
+
+    def get_idempotency_options(self) -> Options:
+        """The options for this request; override to choose them per request."""
+        return self._idempotency_options
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        # DRF looks the handler up after initial() returns, so wrapping it
+        # here puts the protocol after authentication, permissions and
+        # throttling, as with the decorator. ViewSets bind their actions to
+        # method names on the instance the same way.
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        name = request.method.lower()
+        handler = getattr(self, name, None)
+        # A handler decorated with @idempotent keeps its own options.
+        if handler is None or hasattr(handler, OPTIONS_ATTRIBUTE):
+            return
+        options = self.get_idempotency_options()
+
+        def protected(request: Request, *args: Any, **kwargs: Any) -> Any:
+            return protect(request, lambda: handler(request, *args, **kwargs), options)
+
+        setattr(self, name, protected)

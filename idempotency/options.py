@@ -1,0 +1,77 @@
+"""Per-view options, checked when the view is defined and merged with the
+settings when a request arrives (so ``override_settings`` still applies)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from .conf import as_callable, as_timedelta, settings
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+ScopeFunc = Callable[[Any], str]
+FingerprintFunc = Callable[[Any], str]
+
+
+@dataclass(frozen=True)
+class Options:
+    """Overrides of the ``IDEMPOTENCY`` settings for one view; ``None`` defers
+    to the setting."""
+
+    ttl: timedelta | None = None
+    required: bool | None = None
+    scope: ScopeFunc | str | None = None
+    fingerprint: FingerprintFunc | str | None = None
+    methods: frozenset[str] = UNSAFE_METHODS
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        ttl: timedelta | float | None = None,
+        required: bool | None = None,
+        scope: ScopeFunc | str | None = None,
+        fingerprint: FingerprintFunc | str | None = None,
+        methods: Iterable[str] | None = None,
+    ) -> Options:
+        """Validate options as a user wrote them; raise ``TypeError`` or
+        ``ValueError`` at import time rather than on the first request."""
+        if ttl is not None:
+            if isinstance(ttl, bool) or not isinstance(ttl, (timedelta, int, float)):
+                raise TypeError("ttl must be a timedelta or a number of seconds.")
+            ttl = as_timedelta(ttl)
+            if ttl <= timedelta(0):
+                raise ValueError("ttl must be positive.")
+        if required is not None and not isinstance(required, bool):
+            raise TypeError("required must be True or False.")
+        for name, value in (("scope", scope), ("fingerprint", fingerprint)):
+            if value is not None and not (callable(value) or isinstance(value, str)):
+                raise TypeError(f"{name} must be a callable or a dotted path to one.")
+        if methods is None:
+            chosen = UNSAFE_METHODS
+        else:
+            if isinstance(methods, str):
+                raise TypeError('methods must be a list of method names, such as ["POST"].')
+            chosen = frozenset(method.upper() for method in methods)
+            if not chosen or not chosen <= UNSAFE_METHODS:
+                raise ValueError("methods must name some of POST, PUT, PATCH and DELETE.")
+        return cls(ttl=ttl, required=required, scope=scope, fingerprint=fingerprint, methods=chosen)
+
+    def get_ttl(self) -> timedelta:
+        return self.ttl if self.ttl is not None else settings.TTL
+
+    def get_required(self) -> bool:
+        return self.required if self.required is not None else settings.REQUIRED
+
+    def get_scope(self) -> ScopeFunc:
+        if self.scope is None:
+            return settings.SCOPE
+        return as_callable(self.scope, "The view's scope option")
+
+    def get_fingerprint(self) -> FingerprintFunc:
+        if self.fingerprint is None:
+            return settings.FINGERPRINT
+        return as_callable(self.fingerprint, "The view's fingerprint option")

@@ -1,0 +1,92 @@
+"""The errors this package answers with, as RFC 9457 problem documents.
+
+They are plain ``HttpResponse`` objects rather than DRF ``Response`` objects:
+content negotiation must not turn a 409 into a 406 for a client that only
+accepts ``application/json``, and the body must never depend on the view's
+renderers. Each ``type`` is a tag URI (RFC 4151): stable and unique, and
+documented in README.rst under "Problem types".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from django.http import HttpResponse
+
+from .conf import settings
+
+CONTENT_TYPE = "application/problem+json"
+TYPE_PREFIX = "tag:django-idempotency,2026:"
+RETRY_AFTER_SECONDS = 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    slug: str
+    status: int
+    title: str
+    detail: str
+
+    def response(self, **detail_args: str) -> HttpResponse:
+        document = {
+            "type": TYPE_PREFIX + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail.format(header=settings.HEADER, **detail_args),
+        }
+        response = HttpResponse(
+            json.dumps(document), status=self.status, content_type=CONTENT_TYPE
+        )
+        if self.status == 409:
+            response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+
+
+KEY_MISSING = Problem(
+    "key-missing",
+    400,
+    "Idempotency key missing",
+    "This request must carry an {header} header. Send a new unique value, such as a UUID, "
+    "and send the same value again when you retry the request.",
+)
+KEY_MALFORMED = Problem(
+    "key-malformed",
+    400,
+    "Idempotency key malformed",
+    "The {header} header must be 1 to 255 visible ASCII characters, optionally in double "
+    "quotes.",
+)
+BODY_MALFORMED = Problem(
+    "body-malformed",
+    400,
+    "Request body malformed",
+    "The request body could not be read: {reason}",
+)
+BODY_TOO_LARGE = Problem(
+    "body-too-large",
+    413,
+    "Request body too large",
+    "The request body is larger than this server accepts.",
+)
+IN_FLIGHT = Problem(
+    "in-flight",
+    409,
+    "Request in progress",
+    "A request with this {header} is still being processed. Retry after it has finished "
+    "to receive its response.",
+)
+KEY_REUSED = Problem(
+    "key-reused",
+    422,
+    "Idempotency key reused",
+    "This {header} was already used for a different request (another method, path or "
+    "body). Use a new key for a new request.",
+)
+RESPONSE_TOO_LARGE = Problem(
+    "response-too-large",
+    500,
+    "Response too large to store",
+    "The response to this request was too large to store for replay, so the request was "
+    "rolled back and had no effect. Please report this to the service operator.",
+)
