@@ -1,0 +1,55 @@
+from django.db import transaction
+from django.db.models import F
+from rest_framework import status, viewsets
+from rest_framework.decorators import api_view
+from rest_framework.response import Response
+
+from idempotency.decorators import idempotent
+from idempotency.mixins import IdempotentMixin
+
+from .models import Order, Wallet
+from .serializers import ChargeSerializer, OrderSerializer
+
+
+@api_view(["GET"])
+def wallet(request):
+    account = Wallet.objects.get_or_create(user=request.user)[0]
+    charges = ChargeSerializer(account.charges.order_by("-id")[:10], many=True).data
+    return Response({"balance": account.balance, "charges": charges})
+
+
+@api_view(["POST"])
+@idempotent
+def charge(request):
+    """Deduct points once per Idempotency-Key, however often the client retries."""
+    serializer = ChargeSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    amount = serializer.validated_data["amount"]
+    with transaction.atomic():
+        account = Wallet.objects.select_for_update().get_or_create(user=request.user)[0]
+        if account.balance < amount:
+            # A deterministic outcome of this request: stored and replayed.
+            return Response(
+                {"detail": f"Not enough points: the balance is {account.balance}."},
+                status=status.HTTP_402_PAYMENT_REQUIRED,
+            )
+        Wallet.objects.filter(pk=account.pk).update(balance=F("balance") - amount)
+        created = serializer.save(wallet=account)
+        account.refresh_from_db(fields=["balance"])
+    return Response(
+        {**ChargeSerializer(created).data, "balance": account.balance},
+        status=status.HTTP_201_CREATED,
+        headers={"Location": f"/api/charges/{created.pk}/"},
+    )
+
+
+class OrderViewSet(IdempotentMixin, viewsets.ModelViewSet):
+    """Orders: creating, changing and cancelling one all take an Idempotency-Key."""
+
+    serializer_class = OrderSerializer
+
+    def get_queryset(self):
+        return Order.objects.filter(user=self.request.user).order_by("-id")
+
+    def perform_create(self, serializer):
+        serializer.save(user=self.request.user)
