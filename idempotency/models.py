@@ -4,17 +4,34 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any, cast
 
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 
+class ExactCharField(models.CharField):  # type: ignore[type-arg]
+    """A ``CharField`` compared byte for byte on every database.
+
+    MySQL and MariaDB compare text case-insensitively under their default
+    collations, which would make ``abc`` and ``ABC`` one key (one client's
+    new request would be answered with another's replay). PostgreSQL and
+    SQLite compare exactly already.
+    """
+
+    def db_parameters(self, connection: Any) -> dict[str, Any]:
+        parameters = super().db_parameters(connection)
+        if connection.vendor == "mysql":
+            parameters["collation"] = "utf8mb4_bin"
+        return parameters
+
+
 class IdempotencyKeyQuerySet(models.QuerySet["IdempotencyKey"]):
     def expired(self, now: datetime | None = None) -> IdempotencyKeyQuerySet:
         """Records past their expiry: completed ones past their TTL, and
         in-flight ones whose claim outlived ``LOCK_TIMEOUT``."""
-        return self.filter(expires_at__lt=now or timezone.now())
+        return cast(IdempotencyKeyQuerySet, self.filter(expires_at__lt=now or timezone.now()))
 
     def purge_batches(self, batch_size: int = 1000, now: datetime | None = None) -> Iterator[int]:
         """Delete expired records in short batches, yielding each batch's count.
@@ -51,15 +68,15 @@ class IdempotencyKey(models.Model):
     """A client's idempotency key and the response its first request produced."""
 
     class State(models.TextChoices):
-        IN_FLIGHT = "in_flight", _("in flight")
-        COMPLETED = "completed", _("completed")
+        IN_FLIGHT = "in_flight"
+        COMPLETED = "completed"
 
-    scope = models.CharField(
+    scope = ExactCharField(
         _("scope"),
         max_length=255,
         help_text=_("The principal the key belongs to, by default the user."),
     )
-    key = models.CharField(_("key"), max_length=255)
+    key = ExactCharField(_("key"), max_length=255)
     fingerprint = models.CharField(
         _("fingerprint"),
         max_length=64,
