@@ -16,18 +16,22 @@ from django.db import connections
 from django.utils.module_loading import import_string
 
 from .backends.database import SUPPORTED_VENDORS
-from .conf import DEFAULTS, NEVER_REPLAYED
+from .conf import DEFAULTS, NEVER_REPLAYED, as_timedelta
 
-HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+# Long enough for any real TTL, short enough that now + TTL stays a datetime.
+LONGEST_DURATION = timedelta(days=36500)
 
 
-def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
     value = getattr(django_settings, "IDEMPOTENCY", {})
     if not isinstance(value, dict):
         return [
             checks.Error(
                 "settings.IDEMPOTENCY must be a dict.",
-                hint="For example: IDEMPOTENCY = {\"TTL\": timedelta(hours=24)}.",
+                hint='For example: IDEMPOTENCY = {"TTL": timedelta(hours=24)}.',
                 id="idempotency.E001",
             )
         ]
@@ -51,7 +55,7 @@ def _error(name: str, problem: str, hint: str, id: str) -> list[checks.CheckMess
 
 
 def _header(value: Any) -> list[checks.CheckMessage]:
-    if isinstance(value, str) and HEADER_NAME.match(value):
+    if _is_header_name(value):
         return []
     return _error(
         "HEADER",
@@ -61,17 +65,21 @@ def _header(value: Any) -> list[checks.CheckMessage]:
     )
 
 
+def _is_header_name(value: Any) -> bool:
+    return isinstance(value, str) and HEADER_NAME.fullmatch(value) is not None
+
+
 def _duration(name: str, id: str) -> Any:
     def check(value: Any) -> list[checks.CheckMessage]:
-        if isinstance(value, timedelta):
-            positive = value > timedelta(0)
-        else:
-            positive = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-        if positive:
-            return []
+        if isinstance(value, (timedelta, int, float)) and not isinstance(value, bool):
+            try:
+                if timedelta(0) < as_timedelta(value) <= LONGEST_DURATION:
+                    return []
+            except (OverflowError, ValueError):  # inf, nan, or beyond timedelta
+                pass
         return _error(
             name,
-            "must be a positive timedelta or number of seconds.",
+            "must be a positive timedelta or number of seconds, at most 100 years.",
             f"For example: timedelta(seconds={int(DEFAULTS[name].total_seconds())}).",
             id,
         )
@@ -109,8 +117,10 @@ def _callable(name: str, id: str) -> Any:
 
 
 def _replay_headers(value: Any) -> list[checks.CheckMessage]:
-    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)) or not all(
-        isinstance(name, str) for name in value
+    if (
+        isinstance(value, str)
+        or not isinstance(value, (list, tuple, set, frozenset))
+        or not all(_is_header_name(name) for name in value)
     ):
         return _error(
             "REPLAY_HEADERS",
