@@ -20,7 +20,9 @@ class ExpiredFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
         return [("yes", _("expired")), ("no", _("not expired"))]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[IdempotencyKey]
+    ) -> QuerySet[IdempotencyKey]:
         if self.value() == "yes":
             return queryset.filter(expires_at__lt=timezone.now())
         if self.value() == "no":
@@ -30,7 +32,16 @@ class ExpiredFilter(admin.SimpleListFilter):
 
 @admin.register(IdempotencyKey)
 class IdempotencyKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ["key", "scope", "method", "path", "state", "status", "created_at", "expires_at"]
+    list_display = [
+        "key",
+        "scope",
+        "method",
+        "path",
+        "state",
+        "status",
+        "created_at",
+        "expires_at",
+    ]
     list_filter = ["state", ExpiredFilter, "expires_at"]
     search_fields = ["key"]
     date_hierarchy = "created_at"

@@ -50,7 +50,7 @@ def as_timedelta(value: timedelta | float) -> timedelta:
 
 @lru_cache(maxsize=64)
 def _import(path: str) -> Callable[..., Any]:
-    return import_string(path)  # type: ignore[no-any-return]
+    return import_string(path)
 
 
 def as_callable(value: str | Callable[..., Any], label: str) -> Callable[..., Any]:
@@ -70,46 +70,46 @@ class Settings:
         return user_settings().get(name, DEFAULTS[name])
 
     @property
-    def HEADER(self) -> str:  # noqa: N802 - settings keep Django's spelling
+    def HEADER(self) -> str:
         return str(self._get("HEADER"))
 
     @property
-    def TTL(self) -> timedelta:  # noqa: N802
+    def TTL(self) -> timedelta:
         return as_timedelta(self._get("TTL"))
 
     @property
-    def LOCK_TIMEOUT(self) -> timedelta:  # noqa: N802
+    def LOCK_TIMEOUT(self) -> timedelta:
         return as_timedelta(self._get("LOCK_TIMEOUT"))
 
     @property
-    def REQUIRED(self) -> bool:  # noqa: N802
+    def REQUIRED(self) -> bool:
         return bool(self._get("REQUIRED"))
 
     @property
-    def SCOPE(self) -> Callable[..., Any]:  # noqa: N802
+    def SCOPE(self) -> Callable[..., Any]:
         return as_callable(self._get("SCOPE"), "IDEMPOTENCY['SCOPE']")
 
     @property
-    def FINGERPRINT(self) -> Callable[..., Any]:  # noqa: N802
+    def FINGERPRINT(self) -> Callable[..., Any]:
         return as_callable(self._get("FINGERPRINT"), "IDEMPOTENCY['FINGERPRINT']")
 
     @property
-    def REPLAY_HEADERS(self) -> frozenset[str]:  # noqa: N802
+    def REPLAY_HEADERS(self) -> frozenset[str]:
         # Content-Type and Location are part of the response's meaning, so
         # they are replayed whatever the setting says (CONTRACT section 2).
         names = {name.lower() for name in self._get("REPLAY_HEADERS")}
         return frozenset((names | {"content-type", "location"}) - NEVER_REPLAYED)
 
     @property
-    def STORE_SERVER_ERRORS(self) -> bool:  # noqa: N802
+    def STORE_SERVER_ERRORS(self) -> bool:
         return bool(self._get("STORE_SERVER_ERRORS"))
 
     @property
-    def MAX_RESPONSE_BYTES(self) -> int:  # noqa: N802
+    def MAX_RESPONSE_BYTES(self) -> int:
         return int(self._get("MAX_RESPONSE_BYTES"))
 
     @property
-    def DATABASE(self) -> str:  # noqa: N802
+    def DATABASE(self) -> str:
         return str(self._get("DATABASE"))
 
 

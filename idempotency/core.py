@@ -101,11 +101,13 @@ def _execute(
         # Transient outcomes: undo the effects and leave the key free.
         transaction.set_rollback(True, using=store.alias)
         return response
-    response, body = _read_body(response, settings.MAX_RESPONSE_BYTES)
+    body = _read_body(response, settings.MAX_RESPONSE_BYTES)
     replay_headers = settings.REPLAY_HEADERS
     stored = StoredResponse(
         status=status,
-        headers=[(name, value) for name, value in response.items() if name.lower() in replay_headers],
+        headers=[
+            (name, value) for name, value in response.items() if name.lower() in replay_headers
+        ],
         body=body,
     )
     if not store.complete(claim, stored, options.get_ttl()):
@@ -131,28 +133,30 @@ def _render(request: Request, response: HttpResponseBase) -> HttpResponseBase:
     return response
 
 
-def _read_body(response: HttpResponseBase, limit: int) -> tuple[HttpResponseBase, bytes]:
-    """The response's body, read up to ``limit`` bytes; a stream is consumed
-    and replaced by an ordinary response with the same status and headers."""
+def _read_body(response: HttpResponseBase, limit: int) -> bytes:
+    """The response's body, read up to ``limit`` bytes.
+
+    A stream is drained into memory and handed back to the same response, so
+    the client still gets it streamed. Its ``close()`` must not be called
+    here: that sends ``request_finished``, whose handler closes the database
+    connection in the middle of this transaction. The server closes the
+    response at the end of the request, as always.
+    """
     if not response.streaming:
         body: bytes = response.content  # type: ignore[attr-defined]
         if len(body) > limit:
             raise _RolledBack(problems.RESPONSE_TOO_LARGE.response())
-        return response, body
+        return body
     chunks: list[bytes] = []
     size = 0
-    try:
-        for chunk in response.streaming_content:  # type: ignore[attr-defined]
-            size += len(chunk)
-            if size > limit:
-                raise _RolledBack(problems.RESPONSE_TOO_LARGE.response())
-            chunks.append(bytes(chunk))
-    finally:
-        response.close()
+    for chunk in response.streaming_content:  # type: ignore[attr-defined]
+        size += len(chunk)
+        if size > limit:
+            raise _RolledBack(problems.RESPONSE_TOO_LARGE.response())
+        chunks.append(bytes(chunk))
     body = b"".join(chunks)
-    buffered = HttpResponse(body, status=response.status_code, headers=dict(response.items()))
-    buffered.cookies = response.cookies
-    return buffered, body
+    response.streaming_content = [body]  # type: ignore[attr-defined]
+    return body
 
 
 def replay(stored: StoredResponse) -> HttpResponse:

@@ -83,7 +83,7 @@ def _refuse_wrong_target(handler: Callable[..., Any]) -> None:
             "and run before authentication. Place it underneath, next to the function:\n\n"
             '    @api_view(["POST"])\n'
             "    @idempotent\n"
-            f"    def {handler.__name__}(request):\n"
+            f"    def {view_class.__name__}(request):\n"
             "        ..."
         )
 

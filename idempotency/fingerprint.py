@@ -6,8 +6,10 @@ import hashlib
 import json
 from typing import Any
 
+from django.core.files.uploadedfile import UploadedFile
 from django.http import HttpRequest
 from django.http.request import RawPostDataException
+from django.utils.datastructures import MultiValueDict
 from rest_framework.request import Request
 
 
@@ -23,50 +25,64 @@ def default_fingerprint(request: Request) -> str:
     handlers.
     """
     django_request: HttpRequest = request._request
-    digest = hashlib.sha256()
-    digest.update(django_request.method.encode() if django_request.method else b"")
-    digest.update(b"\n")
-    digest.update(django_request.get_full_path().encode())
-    digest.update(b"\n")
+    method = django_request.method or ""
+    digest = hashlib.sha256(f"{method}\n{django_request.get_full_path()}\n".encode())
     if django_request.content_type == "multipart/form-data":
-        _update_with_form(digest, django_request)
+        _update_with_form(digest, django_request.POST, django_request.FILES)
         return digest.hexdigest()
     try:
         body = django_request.body
     except RawPostDataException:
-        _update_with_form(digest, django_request)
+        # Something read the stream before the handler: DRF's parser, when a
+        # permission class looked at request.data. Hash what it parsed; for
+        # JSON that is the same canonical form as below.
+        _update_with_parsed(digest, request.data)
     else:
-        digest.update(_canonical_body(django_request.content_type, body))
+        digest.update(_canonical_body(django_request.content_type or "", body))
     return digest.hexdigest()
 
 
-def _canonical_body(content_type: str | None, body: bytes) -> bytes:
-    if not body or not _is_json(content_type):
+def _canonical_body(content_type: str, body: bytes) -> bytes:
+    if not body or not (content_type == "application/json" or content_type.endswith("+json")):
         return body
     try:
-        return json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+        return _canonical_json(json.loads(body))
     except (ValueError, RecursionError):
         # Not valid JSON (or nested too deeply to parse): hash it as it came.
         # The view's parser will refuse it, so nothing gets stored.
         return body
 
 
-def _is_json(content_type: str | None) -> bool:
-    if not content_type:
-        return False
-    return content_type == "application/json" or content_type.endswith("+json")
+def _canonical_json(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def _update_with_form(digest: Any, request: HttpRequest) -> None:
-    for name in sorted(request.POST):
-        for value in request.POST.getlist(name):
-            digest.update(json.dumps(["field", name, value]).encode())
-    for name in sorted(request.FILES):
-        for upload in request.FILES.getlist(name):
-            content = hashlib.sha256()
-            for chunk in upload.chunks():
-                content.update(chunk)
-            upload.seek(0)
-            digest.update(
-                json.dumps(["file", name, upload.name, upload.size, content.hexdigest()]).encode()
-            )
+def _update_with_parsed(digest: Any, data: Any) -> None:
+    if isinstance(data, MultiValueDict):
+        _update_with_form(digest, data, MultiValueDict())
+    else:
+        digest.update(_canonical_json(data))
+
+
+def _update_with_form(
+    digest: Any, fields: MultiValueDict[str, Any], files: MultiValueDict[str, Any]
+) -> None:
+    for name in sorted(fields):
+        for value in fields.getlist(name):
+            if isinstance(value, UploadedFile):
+                _update_with_file(digest, name, value)
+            else:
+                digest.update(json.dumps(["field", name, value]).encode())
+    for name in sorted(files):
+        for upload in files.getlist(name):
+            _update_with_file(digest, name, upload)
+
+
+def _update_with_file(digest: Any, name: str, upload: UploadedFile[Any]) -> None:
+    content = hashlib.sha256()
+    for chunk in upload.chunks():
+        content.update(chunk)
+    upload.seek(0)
+    digest.update(
+        json.dumps(["file", name, upload.name, upload.size, content.hexdigest()]).encode()
+    )

@@ -25,7 +25,9 @@ def parse_key(raw: str) -> str:
     too instead of reaching the database.
     """
     value = raw.strip(" \t")
-    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+    if value.startswith('"'):
+        if len(value) < 2 or not value.endswith('"'):
+            raise InvalidKey(value)
         value = _unquote(value[1:-1])
     if not 0 < len(value) <= MAX_KEY_LENGTH:
         raise InvalidKey(value)

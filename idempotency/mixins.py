@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from rest_framework.request import Request
 from rest_framework.views import APIView
@@ -26,6 +26,8 @@ class IdempotentMixin:
     idempotency_fingerprint: FingerprintFunc | str | None = None
     # The unsafe methods to protect; None protects POST, PUT, PATCH and DELETE.
     idempotency_methods: Iterable[str] | None = None
+
+    _idempotency_options: ClassVar[Options] = Options()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -57,7 +59,7 @@ class IdempotentMixin:
         # throttling, as with the decorator. ViewSets bind their actions to
         # method names on the instance the same way.
         super().initial(request, *args, **kwargs)  # type: ignore[misc]
-        name = request.method.lower()
+        name = (request.method or "").lower()
         handler = getattr(self, name, None)
         # A handler decorated with @idempotent keeps its own options.
         if handler is None or hasattr(handler, OPTIONS_ATTRIBUTE):

@@ -58,7 +58,9 @@ class Options:
             chosen = frozenset(method.upper() for method in methods)
             if not chosen or not chosen <= UNSAFE_METHODS:
                 raise ValueError("methods must name some of POST, PUT, PATCH and DELETE.")
-        return cls(ttl=ttl, required=required, scope=scope, fingerprint=fingerprint, methods=chosen)
+        return cls(
+            ttl=ttl, required=required, scope=scope, fingerprint=fingerprint, methods=chosen
+        )
 
     def get_ttl(self) -> timedelta:
         return self.ttl if self.ttl is not None else settings.TTL

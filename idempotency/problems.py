@@ -54,8 +54,7 @@ KEY_MALFORMED = Problem(
     "key-malformed",
     400,
     "Idempotency key malformed",
-    "The {header} header must be 1 to 255 visible ASCII characters, optionally in double "
-    "quotes.",
+    "The {header} header must be 1 to 255 visible ASCII characters, optionally in double quotes.",
 )
 BODY_MALFORMED = Problem(
     "body-malformed",

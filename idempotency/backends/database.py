@@ -38,29 +38,29 @@ both take it over, nor can the purge delete a record that was just renewed.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from django.db import DatabaseError, IntegrityError, OperationalError, connections, transaction
+from django.db import IntegrityError, OperationalError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Field
 from django.utils import timezone
 
 from ..models import IdempotencyKey
 from .base import Claim, Outcome, RequestInfo, StoredResponse
 
-# A claim loops only when a record vanishes (purged) between two of its
-# statements; two rounds cover that, the third guards against a livelock.
-MAX_ATTEMPTS = 3
-
-CLAIMED, BUSY, EXISTS, GONE = "claimed", "busy", "exists", "gone"
+CLAIMED, BUSY, SHARED, EXISTS, GONE = "claimed", "busy", "shared", "exists", "gone"
 
 
 @dataclass(frozen=True)
 class Attempt:
-    # CLAIMED: the row is ours; BUSY: another transaction holds the key;
-    # EXISTS: a committed record is in the way; GONE: it vanished meanwhile.
+    # CLAIMED: the row is ours. BUSY: another transaction is writing the key.
+    # SHARED: another transaction holds the key's lock, which replays take
+    # too, so a completed record may still be replayed. EXISTS: a committed
+    # record is in the way. GONE: it vanished meanwhile.
     result: str
     pk: int | None = None
 
@@ -95,29 +95,28 @@ class DatabaseStore:
             "completed_at": None,
             "expires_at": info.now + lock_timeout,
         }
-        for _attempt in range(MAX_ATTEMPTS):
-            attempt = self.dialect.insert(self, values, info, lock_timeout)
-            if attempt.result == CLAIMED:
-                return Claim(Outcome.CLAIMED, token=(attempt.pk, info.now))
-            record = self._fetch(info)
-            if attempt.result == BUSY:
-                # Someone holds the key. Only a live, completed record may be
-                # replayed meanwhile: its holder is another replay. Anything
-                # else is being written by the holder.
-                if record is not None and _is_live_completed(record, info):
-                    return _completed(record)
-                return Claim(Outcome.IN_FLIGHT)
-            if record is None:
-                continue  # purged between our two statements: claim again
-            if not record.is_expired(info.now):
-                if record.state == IdempotencyKey.State.COMPLETED:
-                    return _completed(record)
-                return Claim(Outcome.IN_FLIGHT)
-            attempt = self.dialect.take_over(self, record.pk, values, info)
-            if attempt.result == CLAIMED:
-                return Claim(Outcome.CLAIMED, token=(record.pk, info.now))
-            if attempt.result == BUSY:
-                return Claim(Outcome.IN_FLIGHT)
+        attempt = self.dialect.insert(self, values, info, lock_timeout)
+        if attempt.result == CLAIMED:
+            return Claim(Outcome.CLAIMED, token=(attempt.pk, info.now))
+        if attempt.result == BUSY:
+            return Claim(Outcome.IN_FLIGHT)
+        record = self._fetch(info)
+        if record is None:
+            # Purged between the two statements (possible on PostgreSQL only,
+            # where the claim takes no row lock). It had expired, so the
+            # client's retry will claim it: a 409 is the honest answer.
+            return Claim(Outcome.IN_FLIGHT)
+        live = not record.is_expired(info.now)
+        if live and record.state == IdempotencyKey.State.COMPLETED:
+            return _completed(record)
+        if live or attempt.result == SHARED:
+            # In flight, or (PostgreSQL) another transaction holds the key's
+            # lock and may be renewing this expired record.
+            return Claim(Outcome.IN_FLIGHT)
+        if self.dialect.take_over(self, record.pk, values, info).result == CLAIMED:
+            return Claim(Outcome.CLAIMED, token=(record.pk, info.now))
+        # Taken over, renewed or purged since we read it: in flight, or free
+        # again for the client's retry.
         return Claim(Outcome.IN_FLIGHT)
 
     def complete(self, claim: Claim, response: StoredResponse, ttl: timedelta) -> bool:
@@ -144,9 +143,7 @@ class DatabaseStore:
 
     def _fetch(self, info: RequestInfo) -> IdempotencyKey | None:
         return (
-            IdempotencyKey.objects.using(self.alias)
-            .filter(scope=info.scope, key=info.key)
-            .first()
+            IdempotencyKey.objects.using(self.alias).filter(scope=info.scope, key=info.key).first()
         )
 
     # Helpers for the dialects' hand-written SQL.
@@ -155,30 +152,31 @@ class DatabaseStore:
         return self.connection.ops.quote_name(IdempotencyKey._meta.db_table)
 
     def column(self, name: str) -> str:
-        return self.connection.ops.quote_name(IdempotencyKey._meta.get_field(name).column)
+        return self.connection.ops.quote_name(cast(str, _field(name).column))
+
+    def param(self, name: str, value: Any) -> Any:
+        return _field(name).get_db_prep_save(value, connection=self.connection)
 
     def prepare(self, values: dict[str, Any]) -> tuple[list[str], list[Any]]:
         """Quoted column names and database-ready parameters for ``values``."""
-        columns, params = [], []
-        for name, value in values.items():
-            field = IdempotencyKey._meta.get_field(name)
-            columns.append(self.connection.ops.quote_name(field.column))  # type: ignore[union-attr]
-            params.append(field.get_db_prep_save(value, connection=self.connection))  # type: ignore[union-attr]
+        columns = [self.column(name) for name in values]
+        params = [self.param(name, value) for name, value in values.items()]
         return columns, params
 
-    def update_sql(self, values: dict[str, Any], pk: int, info: RequestInfo) -> tuple[str, list[Any]]:
+    def update_sql(
+        self, values: dict[str, Any], pk: int, info: RequestInfo
+    ) -> tuple[str, list[Any]]:
         columns, params = self.prepare(values)
         assignments = ", ".join(f"{column} = %s" for column in columns)
-        expires = IdempotencyKey._meta.get_field("expires_at")
         sql = (
             f"UPDATE {self.table()} SET {assignments} "
             f"WHERE {self.column('id')} = %s AND {self.column('expires_at')} < %s"
         )
-        return sql, [*params, pk, expires.get_db_prep_save(info.now, connection=self.connection)]
+        return sql, [*params, pk, self.param("expires_at", info.now)]
 
 
-def _is_live_completed(record: IdempotencyKey, info: RequestInfo) -> bool:
-    return record.state == IdempotencyKey.State.COMPLETED and not record.is_expired(info.now)
+def _field(name: str) -> Field[Any, Any]:
+    return cast("Field[Any, Any]", IdempotencyKey._meta.get_field(name))
 
 
 def _completed(record: IdempotencyKey) -> Claim:
@@ -193,13 +191,17 @@ def _completed(record: IdempotencyKey) -> Claim:
     )
 
 
-class Dialect:
+class Dialect(abc.ABC):
     """The claim and takeover statements, which differ by database."""
 
+    @abc.abstractmethod
     def insert(
-        self, store: DatabaseStore, values: dict[str, Any], info: RequestInfo, lock_timeout: timedelta
-    ) -> Attempt:
-        raise NotImplementedError
+        self,
+        store: DatabaseStore,
+        values: dict[str, Any],
+        info: RequestInfo,
+        lock_timeout: timedelta,
+    ) -> Attempt: ...
 
     def take_over(
         self, store: DatabaseStore, pk: int, values: dict[str, Any], info: RequestInfo
@@ -212,7 +214,11 @@ class Dialect:
 
 class PostgreSQLDialect(Dialect):
     def insert(
-        self, store: DatabaseStore, values: dict[str, Any], info: RequestInfo, lock_timeout: timedelta
+        self,
+        store: DatabaseStore,
+        values: dict[str, Any],
+        info: RequestInfo,
+        lock_timeout: timedelta,
     ) -> Attempt:
         columns, params = store.prepare(values)
         sql = (
@@ -234,12 +240,14 @@ class PostgreSQLDialect(Dialect):
             return Attempt(CLAIMED, pk)
         # Holding the lock, no other transaction can be writing this key: the
         # conflict is a committed record, which may be taken over if expired.
-        return Attempt(EXISTS if acquired else BUSY)
+        return Attempt(EXISTS if acquired else SHARED)
 
 
 class MySQLDialect(Dialect):
-    LOCK_WAIT_TIMEOUT = 1205
-    DUPLICATE_ENTRY = 1062
+    # What the claim's errors mean: 1062 (duplicate entry) a committed record
+    # is in the way; 1205 (lock wait timeout, at once with a zero wait)
+    # another transaction is writing the key.
+    ERRORS = {1062: EXISTS, 1205: BUSY}
 
     def __init__(self, is_mariadb: bool) -> None:
         self.is_mariadb = is_mariadb
@@ -251,43 +259,52 @@ class MySQLDialect(Dialect):
         return f"{verb} /*+ SET_VAR(innodb_lock_wait_timeout=1) */ {rest}"
 
     def insert(
-        self, store: DatabaseStore, values: dict[str, Any], info: RequestInfo, lock_timeout: timedelta
+        self,
+        store: DatabaseStore,
+        values: dict[str, Any],
+        info: RequestInfo,
+        lock_timeout: timedelta,
     ) -> Attempt:
         columns, params = store.prepare(values)
-        sql = self.no_wait(
+        sql = (
             f"INSERT INTO {store.table()} ({', '.join(columns)}) "
             f"VALUES ({', '.join(['%s'] * len(params))})"
         )
-        try:
-            with store.connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                return Attempt(CLAIMED, cursor.lastrowid)
-        except IntegrityError as exc:
-            if _error_code(exc) != self.DUPLICATE_ENTRY:
-                raise
-            return Attempt(EXISTS)
-        except OperationalError as exc:
-            if _error_code(exc) != self.LOCK_WAIT_TIMEOUT:
-                raise
-            return Attempt(BUSY)
+        return self._run(store, sql, params, pk=None)
 
     def take_over(
         self, store: DatabaseStore, pk: int, values: dict[str, Any], info: RequestInfo
     ) -> Attempt:
         sql, params = store.update_sql(values, pk, info)
+        return self._run(store, sql, params, pk=pk)
+
+    def _run(self, store: DatabaseStore, sql: str, params: list[Any], pk: int | None) -> Attempt:
+        # InnoDB rolls back only the failed statement, so catching its error
+        # leaves the transaction (and any savepoint around it) usable.
         try:
             with store.connection.cursor() as cursor:
                 cursor.execute(self.no_wait(sql), params)
+                if pk is None:
+                    return Attempt(CLAIMED, cursor.lastrowid)
                 return Attempt(CLAIMED if cursor.rowcount == 1 else GONE, pk)
-        except OperationalError as exc:
-            if _error_code(exc) != self.LOCK_WAIT_TIMEOUT:
+        except (IntegrityError, OperationalError) as exc:
+            code = exc.args[0] if exc.args else None
+            if code not in self.ERRORS:
                 raise
-            return Attempt(BUSY)
+            return Attempt(self.ERRORS[code])
 
 
 class SQLiteDialect(Dialect):
+    """SQLite has one writer at a time. A failed claim is the only statement
+    that can meet the lock: once it has run, this transaction holds the
+    database's write lock, so a takeover after it never waits."""
+
     def insert(
-        self, store: DatabaseStore, values: dict[str, Any], info: RequestInfo, lock_timeout: timedelta
+        self,
+        store: DatabaseStore,
+        values: dict[str, Any],
+        info: RequestInfo,
+        lock_timeout: timedelta,
     ) -> Attempt:
         columns, params = store.prepare(values)
         sql = (
@@ -305,21 +322,6 @@ class SQLiteDialect(Dialect):
             if not _sqlite_locked(exc):
                 raise
             return Attempt(BUSY)
-
-    def take_over(
-        self, store: DatabaseStore, pk: int, values: dict[str, Any], info: RequestInfo
-    ) -> Attempt:
-        try:
-            return super().take_over(store, pk, values, info)
-        except OperationalError as exc:
-            if not _sqlite_locked(exc):
-                raise
-            return Attempt(BUSY)
-
-
-def _error_code(exc: DatabaseError) -> int | None:
-    code = exc.args[0] if exc.args else None
-    return code if isinstance(code, int) else None
 
 
 def _sqlite_locked(exc: OperationalError) -> bool:

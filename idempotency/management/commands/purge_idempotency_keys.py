@@ -34,7 +34,9 @@ class Command(BaseCommand):
             help="Database alias of the key table (default: IDEMPOTENCY['DATABASE']).",
         )
 
-    def handle(self, *args: Any, batch_size: int, dry_run: bool, database: str | None, **options: Any) -> None:
+    def handle(
+        self, *args: Any, batch_size: int, dry_run: bool, database: str | None, **options: Any
+    ) -> None:
         if batch_size < 1:
             raise CommandError("--batch-size must be a positive integer.")
         verbosity = options["verbosity"]
