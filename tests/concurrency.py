@@ -1,0 +1,63 @@
+"""Running requests in threads of their own, so their transactions overlap."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from django.db import connections
+from rest_framework.test import APIClient
+
+from tests.testapp.models import User
+
+URL = "/function/"
+
+
+def send(user: User, key: str, url: str = URL, data: dict | None = None):
+    """POST as ``user`` with ``key``; a 500 comes back as a response, not an exception."""
+    client = APIClient(raise_request_exception=False)
+    client.force_authenticate(user)
+    return client.post(url, data or {"amount": 1}, format="json", headers={"Idempotency-Key": key})
+
+
+class Threads:
+    """Requests in threads of their own, released together by a barrier."""
+
+    def __init__(self, calls: list[Callable[[], object]]) -> None:
+        self.results: list[object] = [None] * len(calls)
+        start = threading.Barrier(len(calls))
+
+        def work(index: int, call: Callable[[], object]) -> None:
+            try:
+                start.wait(timeout=10)
+                self.results[index] = call()
+            except BaseException as exc:  # reported by the test, not swallowed
+                self.results[index] = exc
+            finally:
+                connections.close_all()
+
+        self.threads = [
+            threading.Thread(target=work, args=(index, call), daemon=True)
+            for index, call in enumerate(calls)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def finished(self) -> int:
+        return sum(not thread.is_alive() for thread in self.threads)
+
+    def wait_until_finished(self, count: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while self.finished() < count:
+            assert time.monotonic() < deadline, f"only {self.finished()} of {count} finished"
+            time.sleep(0.005)
+
+    def join(self) -> list:
+        for thread in self.threads:
+            thread.join(timeout=30)
+            assert not thread.is_alive(), "a request never returned"
+        for result in self.results:
+            if isinstance(result, BaseException):
+                raise result
+        return self.results

@@ -1,0 +1,84 @@
+"""Settings for the test suite.
+
+The database comes from ``DATABASE_URL`` (in-memory SQLite when unset), for
+example ``postgres://postgres@127.0.0.1:5432/test`` or
+``mysql://root@127.0.0.1:3306/test``. A second alias, ``other``, on the same
+server proves that the key table can live on any alias (CONTRACT G8).
+"""
+
+import os
+from typing import Any
+
+import dj_database_url
+
+DATABASE_URL = os.environ.get("DATABASE_URL") or "sqlite://:memory:"
+
+
+def _database(url: str, suffix: str = "") -> dict[str, Any]:
+    config: dict[str, Any] = dict(dj_database_url.parse(url))
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        return config
+    config["NAME"] = config["NAME"] + suffix
+    config["TEST"] = {"NAME": f"test_idempotency{suffix}"}
+    if config["ENGINE"] == "django.db.backends.mysql":
+        config["OPTIONS"] = {"charset": "utf8mb4"}
+        config["TEST"].update({"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"})
+    return config
+
+
+DATABASES = {"default": _database(DATABASE_URL), "other": _database(DATABASE_URL, "_other")}
+
+SECRET_KEY = "not-secret-tests-only"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ROOT_URLCONF = "tests.urls"
+ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "testapp.User"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "idempotency",
+    "tests.testapp",
+    "example_project.wallet",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.BasicAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}

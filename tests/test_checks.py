@@ -1,0 +1,389 @@
+"""The system checks on ``settings.IDEMPOTENCY`` and the lazily read settings."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.db import connections
+from django.test import override_settings
+
+from idempotency.checks import check_settings
+from idempotency.conf import settings
+from idempotency.keys import default_scope
+
+
+def custom_callable() -> None:
+    """A callable for the settings that accept one."""
+
+
+NOT_CALLABLE = 42
+
+
+def ids(value) -> list[str]:
+    with override_settings(IDEMPOTENCY=value):
+        return [error.id for error in check_settings()]
+
+
+def only_error(value):
+    with override_settings(IDEMPOTENCY=value):
+        errors = check_settings()
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+# Absent, empty and valid settings.
+
+
+@override_settings()
+def test_absent_setting_is_valid():
+    del django_settings.IDEMPOTENCY
+    assert not hasattr(django_settings, "IDEMPOTENCY")
+    assert check_settings() == []
+
+
+def test_empty_setting_is_valid():
+    assert ids({}) == []
+
+
+def test_full_valid_setting():
+    assert (
+        ids(
+            {
+                "HEADER": "X-Request-Key",
+                "TTL": timedelta(hours=1),
+                "LOCK_TIMEOUT": 30,
+                "REQUIRED": False,
+                "SCOPE": "idempotency.keys.default_scope",
+                "FINGERPRINT": custom_callable,
+                "REPLAY_HEADERS": ["Content-Type", "ETag"],
+                "STORE_SERVER_ERRORS": True,
+                "MAX_RESPONSE_BYTES": 1000,
+                "DATABASE": "other",
+            }
+        )
+        == []
+    )
+
+
+@pytest.mark.parametrize("value", [0.5, 10, timedelta(seconds=1)])
+def test_durations_accept_positive_numbers_and_timedeltas(value):
+    assert ids({"TTL": value, "LOCK_TIMEOUT": value}) == []
+
+
+@pytest.mark.parametrize("value", [(), set(), frozenset({"ETag"}), ("Location",)])
+def test_replay_headers_accepts_any_collection_of_names(value):
+    assert ids({"REPLAY_HEADERS": value}) == []
+
+
+# E001, E002: the setting as a whole.
+
+
+@pytest.mark.parametrize("value", ["TTL", ["TTL"], None])
+def test_e001_not_a_dict(value):
+    error = only_error(value)
+    assert error.id == "idempotency.E001"
+    assert error.msg == "settings.IDEMPOTENCY must be a dict."
+    assert error.hint == 'For example: IDEMPOTENCY = {"TTL": timedelta(hours=24)}.'
+
+
+def test_e002_unknown_key():
+    error = only_error({"TLL": 60})
+    assert error.id == "idempotency.E002"
+    assert error.msg == "settings.IDEMPOTENCY has an unknown key 'TLL'."
+    assert error.hint == (
+        "Valid keys: HEADER, TTL, LOCK_TIMEOUT, REQUIRED, SCOPE, FINGERPRINT, REPLAY_HEADERS, "
+        "STORE_SERVER_ERRORS, MAX_RESPONSE_BYTES, DATABASE."
+    )
+
+
+def test_e002_one_error_per_unknown_key_sorted():
+    with override_settings(IDEMPOTENCY={"ttl": 1, "HEADERS": "x", "TTL": 60}):
+        errors = check_settings()
+    assert [(error.id, error.msg) for error in errors] == [
+        ("idempotency.E002", "settings.IDEMPOTENCY has an unknown key 'HEADERS'."),
+        ("idempotency.E002", "settings.IDEMPOTENCY has an unknown key 'ttl'."),
+    ]
+
+
+# E003..E013: one value each.
+
+
+@pytest.mark.parametrize(
+    "value", ["Idempotency Key", "", "-Key", "Key:", "Ключ", "Idempotency-Key\n", 5, None]
+)
+def test_e003_header(value):
+    error = only_error({"HEADER": value})
+    assert error.id == "idempotency.E003"
+    assert error.msg == (
+        "IDEMPOTENCY['HEADER'] must be an HTTP header name of letters, digits and hyphens."
+    )
+
+
+BAD_DURATIONS = [
+    0,
+    -1,
+    timedelta(0),
+    timedelta(seconds=-5),
+    True,
+    "60",
+    None,
+    float("inf"),
+    float("nan"),
+    1e15,
+    timedelta(days=36501),
+]
+
+
+@pytest.mark.parametrize("value", BAD_DURATIONS)
+def test_e004_ttl(value):
+    error = only_error({"TTL": value})
+    assert error.id == "idempotency.E004"
+    assert error.msg == (
+        "IDEMPOTENCY['TTL'] must be a positive timedelta or number of seconds, at most 100 years."
+    )
+    assert error.hint == "For example: timedelta(seconds=86400)."
+
+
+@pytest.mark.parametrize("value", BAD_DURATIONS)
+def test_e005_lock_timeout(value):
+    error = only_error({"LOCK_TIMEOUT": value})
+    assert error.id == "idempotency.E005"
+    assert error.msg == (
+        "IDEMPOTENCY['LOCK_TIMEOUT'] must be a positive timedelta or number of seconds, "
+        "at most 100 years."
+    )
+    assert error.hint == "For example: timedelta(seconds=60)."
+
+
+@pytest.mark.parametrize("value", [1, 0, "yes", None])
+def test_e006_required(value):
+    error = only_error({"REQUIRED": value})
+    assert error.id == "idempotency.E006"
+    assert error.msg == "IDEMPOTENCY['REQUIRED'] must be True or False."
+    assert error.hint == "The default is True."
+
+
+BAD_CALLABLES = [
+    "idempotency.keys.no_such_function",
+    "no_such_module.scope",
+    "not a path",
+    "idempotency.conf.DEFAULTS",
+    NOT_CALLABLE,
+    None,
+]
+
+
+@pytest.mark.parametrize("value", BAD_CALLABLES)
+def test_e007_scope(value):
+    error = only_error({"SCOPE": value})
+    assert error.id == "idempotency.E007"
+    assert error.msg == (
+        "IDEMPOTENCY['SCOPE'] must be a callable taking the request, or the dotted path of one."
+    )
+    assert error.hint == 'The default is "idempotency.keys.default_scope".'
+
+
+@pytest.mark.parametrize("value", BAD_CALLABLES)
+def test_e008_fingerprint(value):
+    error = only_error({"FINGERPRINT": value})
+    assert error.id == "idempotency.E008"
+    assert error.hint == 'The default is "idempotency.fingerprint.default_fingerprint".'
+
+
+@pytest.mark.parametrize(
+    "value", ["ETag", [1], ["ETag", None], {"ETag": 1}, None, ["Bad Header"], [""]]
+)
+def test_e009_replay_headers_not_a_list(value):
+    error = only_error({"REPLAY_HEADERS": value})
+    assert error.id == "idempotency.E009"
+    assert error.msg == "IDEMPOTENCY['REPLAY_HEADERS'] must be a list of header names."
+
+
+def test_e010_session_headers():
+    error = only_error({"REPLAY_HEADERS": ["Vary", "ETag", "Set-Cookie"]})
+    assert error.id == "idempotency.E010"
+    assert error.msg == (
+        "IDEMPOTENCY['REPLAY_HEADERS'] names Set-Cookie, Vary, which belong to one client's "
+        "session and are never replayed."
+    )
+
+
+@pytest.mark.parametrize("name", ["set-cookie", "WWW-Authenticate", "X-CSRFToken"])
+def test_e010_any_spelling(name):
+    assert ids({"REPLAY_HEADERS": ["ETag", name]}) == ["idempotency.E010"]
+
+
+@pytest.mark.parametrize("value", [1, "True", None])
+def test_e011_store_server_errors(value):
+    error = only_error({"STORE_SERVER_ERRORS": value})
+    assert error.id == "idempotency.E011"
+    assert error.msg == "IDEMPOTENCY['STORE_SERVER_ERRORS'] must be True or False."
+    assert error.hint == "The default is False."
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 1.5, "1024", None])
+def test_e012_max_response_bytes(value):
+    error = only_error({"MAX_RESPONSE_BYTES": value})
+    assert error.id == "idempotency.E012"
+    assert error.msg == "IDEMPOTENCY['MAX_RESPONSE_BYTES'] must be a positive number of bytes."
+
+
+def test_e013_unknown_alias():
+    error = only_error({"DATABASE": "replica"})
+    assert error.id == "idempotency.E013"
+    assert error.msg == (
+        "IDEMPOTENCY['DATABASE'] names 'replica', which is not in settings.DATABASES."
+    )
+
+
+@pytest.mark.parametrize("value", [None, 0, ["default"]])
+def test_e013_not_a_string(value):
+    assert ids({"DATABASE": value}) == ["idempotency.E013"]
+
+
+def test_e014_unsupported_vendor(monkeypatch):
+    monkeypatch.setattr(connections["other"], "vendor", "oracle")
+    error = only_error({"DATABASE": "other"})
+    assert error.id == "idempotency.E014"
+    assert error.msg == (
+        "IDEMPOTENCY['DATABASE'] names a oracle database, which this package cannot claim keys on."
+    )
+    # The default alias is still supported: only the named alias is checked.
+    assert ids({"DATABASE": "default"}) == []
+
+
+def test_e014_default_alias(monkeypatch):
+    monkeypatch.setattr(connections["default"], "vendor", "microsoft")
+    assert ids({"DATABASE": "default"}) == ["idempotency.E014"]
+
+
+def test_every_bad_value_is_reported():
+    assert ids(
+        {
+            "HEADER": "",
+            "TTL": 0,
+            "LOCK_TIMEOUT": 0,
+            "REQUIRED": None,
+            "SCOPE": None,
+            "FINGERPRINT": None,
+            "REPLAY_HEADERS": "ETag",
+            "STORE_SERVER_ERRORS": None,
+            "MAX_RESPONSE_BYTES": 0,
+            "DATABASE": "replica",
+            "EXTRA": 1,
+        }
+    ) == [f"idempotency.E{number:03}" for number in [2, *range(3, 10), 11, 12, 13]]
+
+
+# Registration.
+
+
+def test_check_is_registered():
+    with (
+        override_settings(IDEMPOTENCY={"TTL": -1}),
+        pytest.raises(SystemCheckError, match=r"idempotency\.E004"),
+    ):
+        call_command("check")
+
+
+@override_settings(IDEMPOTENCY={"TTL": 60})
+def test_check_command_passes_with_valid_settings():
+    call_command("check")
+
+
+# The settings object.
+
+
+def test_settings_are_read_on_each_access():
+    assert timedelta(hours=24) == settings.TTL
+    with override_settings(IDEMPOTENCY={"TTL": timedelta(minutes=5)}):
+        assert timedelta(minutes=5) == settings.TTL
+        with override_settings(IDEMPOTENCY={"TTL": timedelta(minutes=7)}):
+            assert timedelta(minutes=7) == settings.TTL
+        assert timedelta(minutes=5) == settings.TTL
+    assert timedelta(hours=24) == settings.TTL
+
+
+def test_defaults():
+    with override_settings(IDEMPOTENCY={}):
+        assert settings.HEADER == "Idempotency-Key"
+        assert timedelta(hours=24) == settings.TTL
+        assert timedelta(seconds=60) == settings.LOCK_TIMEOUT
+        assert settings.REQUIRED is True
+        assert settings.SCOPE is default_scope
+        assert settings.STORE_SERVER_ERRORS is False
+        assert settings.MAX_RESPONSE_BYTES == 1048576
+        assert settings.DATABASE == "default"
+
+
+def test_non_dict_setting_reads_as_defaults():
+    with override_settings(IDEMPOTENCY="TTL"):
+        assert timedelta(hours=24) == settings.TTL
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(90, timedelta(seconds=90)), (1.5, timedelta(seconds=1.5)), (timedelta(days=2),) * 2],
+)
+def test_durations_become_timedeltas(value, expected):
+    with override_settings(IDEMPOTENCY={"TTL": value, "LOCK_TIMEOUT": value}):
+        assert expected == settings.TTL
+        assert expected == settings.LOCK_TIMEOUT
+
+
+def test_default_replay_headers():
+    with override_settings(IDEMPOTENCY={}):
+        assert (
+            frozenset({"content-type", "location", "etag", "link", "content-language"})
+            == settings.REPLAY_HEADERS
+        )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ([], {"content-type", "location"}),
+        (["ETag"], {"content-type", "location", "etag"}),
+        (["CONTENT-TYPE", "X-Total"], {"content-type", "location", "x-total"}),
+        (["Set-Cookie", "Vary", "ETag"], {"content-type", "location", "etag"}),
+    ],
+)
+def test_replay_headers_keep_meaning_and_drop_session(value, expected):
+    with override_settings(IDEMPOTENCY={"REPLAY_HEADERS": value}):
+        assert frozenset(expected) == settings.REPLAY_HEADERS
+
+
+def test_callable_settings_given_directly():
+    with override_settings(IDEMPOTENCY={"SCOPE": custom_callable, "FINGERPRINT": custom_callable}):
+        assert settings.SCOPE is custom_callable
+        assert settings.FINGERPRINT is custom_callable
+
+
+def test_dotted_scope_path_is_imported():
+    with override_settings(IDEMPOTENCY={"SCOPE": "tests.test_checks.custom_callable"}):
+        assert settings.SCOPE is custom_callable
+
+
+@pytest.mark.parametrize("value", ["idempotency.keys.no_such_function", "no_such_module.scope"])
+def test_bad_scope_path(value):
+    with (
+        override_settings(IDEMPOTENCY={"SCOPE": value}),
+        pytest.raises(ImproperlyConfigured) as info,
+    ):
+        settings.SCOPE  # noqa: B018
+    assert str(info.value).startswith("IDEMPOTENCY['SCOPE'] cannot be imported: ")
+    assert isinstance(info.value.__cause__, ImportError)
+
+
+def test_bad_fingerprint_path():
+    with (
+        override_settings(IDEMPOTENCY={"FINGERPRINT": "idempotency.fingerprint.nothing"}),
+        pytest.raises(ImproperlyConfigured) as info,
+    ):
+        settings.FINGERPRINT  # noqa: B018
+    assert str(info.value).startswith("IDEMPOTENCY['FINGERPRINT'] cannot be imported: ")

@@ -1,0 +1,206 @@
+"""G1, G2, G4 and G5 under real concurrent transactions.
+
+Each request runs in its own thread with its own database connection, so the
+transactions really overlap on PostgreSQL and MariaDB. What counts as an
+execution is a committed ``Execution`` row, read back from the database.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from idempotency.models import IdempotencyKey
+from tests.concurrency import URL, Threads, send
+from tests.testapp.models import Execution
+
+pytestmark = [pytest.mark.server_db, pytest.mark.django_db(transaction=True)]
+
+DUPLICATES = 12
+ROUNDS = 5
+
+
+def executions(key: str) -> int:
+    return Execution.objects.filter(key=key).count()
+
+
+def test_g1_simultaneous_duplicates_run_once_while_the_first_is_held(user, gate):
+    name, held = gate
+    for _round in range(ROUNDS):
+        key = str(uuid.uuid4())
+        held.entered.clear()
+        held.release.clear()
+        threads = Threads([lambda key=key: send(user, key, f"{URL}?gate={name}")] * DUPLICATES)
+        assert held.entered.wait(timeout=10)
+        # Every duplicate must be answered while the first is still held.
+        threads.wait_until_finished(DUPLICATES - 1)
+        held.release.set()
+        statuses = Counter(response.status_code for response in threads.join())
+        assert statuses == {201: 1, 409: DUPLICATES - 1}
+        assert executions(key) == 1
+
+
+def test_g1_simultaneous_duplicates_run_once(user):
+    for _round in range(ROUNDS):
+        key = str(uuid.uuid4())
+        responses = Threads([lambda key=key: send(user, key)] * DUPLICATES).join()
+        assert executions(key) == 1
+        originals = [
+            r for r in responses if r.status_code == 201 and "Idempotent-Replayed" not in r
+        ]
+        assert len(originals) == 1
+        for response in responses:
+            # Every other answer is a 409 or a byte-identical replay.
+            if response is not originals[0]:
+                assert response.status_code in (201, 409), response.content
+                if response.status_code == 201:
+                    assert response["Idempotent-Replayed"] == "true"
+                    assert response.content == originals[0].content
+
+
+def test_a_duplicate_gets_a_prompt_409_then_the_replay(user, gate):
+    name, held = gate
+    key = str(uuid.uuid4())
+    url = f"{URL}?gate={name}"
+    first = Threads([lambda: send(user, key, url)])
+    assert held.entered.wait(timeout=10)
+    started = time.monotonic()
+    duplicate = send(user, key, url)
+    elapsed = time.monotonic() - started
+    assert duplicate.status_code == 409
+    assert duplicate["Retry-After"] == "1"
+    assert duplicate["Content-Type"] == "application/problem+json"
+    # Answered while the first is still in flight:
+    assert not held.release.is_set()
+    assert first.finished() == 0
+    assert elapsed < 1.0  # the contract's "well under a second": no lock wait
+    held.release.set()
+    (original,) = first.join()
+    assert original.status_code == 201
+    replay = send(user, key, url)
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == original.content
+    assert executions(key) == 1
+
+
+def test_distinct_keys_run_in_parallel(user, barrier):
+    # All handlers must be inside their transactions at the same moment: if one
+    # claim waited for another, the barrier in the handler would break.
+    name = barrier(DUPLICATES)
+    url = f"{URL}?barrier={name}"
+    keys = [str(uuid.uuid4()) for _ in range(DUPLICATES)]
+    responses = Threads([lambda key=key: send(user, key, url) for key in keys]).join()
+    assert [r.status_code for r in responses] == [201] * DUPLICATES
+    assert Execution.objects.filter(key__in=keys).count() == DUPLICATES
+
+
+def test_g4_two_users_with_one_key_run_in_parallel(user, other_user, barrier):
+    name = barrier(2)
+    key = str(uuid.uuid4())
+    url = f"{URL}?barrier={name}"
+    alice, bob = Threads([lambda: send(user, key, url), lambda: send(other_user, key, url)]).join()
+    assert alice.status_code == bob.status_code == 201
+    assert alice.json()["execution"] != bob.json()["execution"]
+    assert executions(key) == 2
+    assert send(user, key, url).content == alice.content
+    assert send(other_user, key, url).content == bob.content
+
+
+def test_g2_nothing_is_visible_until_effects_and_record_commit_together(user, gate):
+    name, held = gate
+    key = str(uuid.uuid4())
+    first = Threads([lambda key=key: send(user, key, f"{URL}?gate={name}")])
+    assert held.entered.wait(timeout=10)
+    # Seen from another connection, the handler's write and the claim are
+    # both still uncommitted.
+    assert executions(key) == 0
+    assert not IdempotencyKey.objects.filter(key=key).exists()
+    held.release.set()
+    first.join()
+    assert executions(key) == 1
+    assert IdempotencyKey.objects.get(key=key).state == IdempotencyKey.State.COMPLETED
+
+
+def kill_session(session_id: int) -> None:
+    connection = connections["default"]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_terminate_backend(%s)", [session_id])
+        else:
+            cursor.execute(f"KILL CONNECTION {int(session_id)}")
+
+
+def test_g5_a_worker_that_loses_its_connection_frees_the_key_and_never_runs_twice(user, gate):
+    name, held = gate
+    key = str(uuid.uuid4())
+    url = f"{URL}?gate={name}"
+    first = Threads([lambda: send(user, key, url)])
+    assert held.entered.wait(timeout=10)
+    assert send(user, key, url).status_code == 409
+    kill_session(held.backend_id)  # the worker "dies": its session is gone
+    retry = send(user, key, url.replace(name, "none"))
+    assert retry.status_code == 201
+    assert "Idempotent-Replayed" not in retry
+    held.release.set()
+    (dead,) = first.join()
+    assert dead.status_code == 500  # its store statement found no connection
+    assert executions(key) == 1
+    assert send(user, key, url.replace(name, "none"))["Idempotent-Replayed"] == "true"
+
+
+@pytest.mark.vendor("postgresql")
+def test_g5_a_hung_worker_loses_its_claim_after_lock_timeout(user, gate, settings):
+    # The worker neither finishes nor drops its connection. PostgreSQL ends its
+    # session once it has sat idle in its transaction for LOCK_TIMEOUT.
+    settings.IDEMPOTENCY = {"LOCK_TIMEOUT": 1}
+    name, held = gate
+    key = str(uuid.uuid4())
+    url = f"{URL}?gate={name}"
+    first = Threads([lambda: send(user, key, url)])
+    assert held.entered.wait(timeout=10)
+    assert send(user, key, url).status_code == 409
+    deadline = time.monotonic() + 10
+    while (retry := send(user, key, url.replace(name, "none"))).status_code == 409:
+        assert time.monotonic() < deadline, "the hung worker kept its claim"
+        time.sleep(0.2)
+    assert retry.status_code == 201
+    held.release.set()
+    (hung,) = first.join()
+    assert hung.status_code == 500
+    assert executions(key) == 1
+
+
+def test_an_expired_record_is_taken_over_exactly_once(user):
+    for _round in range(ROUNDS):
+        key = str(uuid.uuid4())
+        send(user, key)
+        IdempotencyKey.objects.filter(key=key).update(
+            expires_at=timezone.now() - timedelta(seconds=1)
+        )
+        responses = Threads([lambda key=key: send(user, key)] * DUPLICATES).join()
+        fresh = [r for r in responses if r.status_code == 201 and "Idempotent-Replayed" not in r]
+        assert len(fresh) == 1
+        assert {r.status_code for r in responses} <= {201, 409}
+        assert executions(key) == 2  # the expired run, and exactly one new run
+
+
+@pytest.mark.usefixtures("atomic_requests")
+def test_g8_atomic_requests_duplicates_run_once(user, gate):
+    name, held = gate
+    for _round in range(2):
+        key = str(uuid.uuid4())
+        held.entered.clear()
+        held.release.clear()
+        threads = Threads([lambda key=key: send(user, key, f"{URL}?gate={name}")] * DUPLICATES)
+        assert held.entered.wait(timeout=10)
+        threads.wait_until_finished(DUPLICATES - 1)
+        held.release.set()
+        statuses = Counter(response.status_code for response in threads.join())
+        assert statuses == {201: 1, 409: DUPLICATES - 1}
+        assert executions(key) == 1

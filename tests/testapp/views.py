@@ -1,0 +1,263 @@
+"""Views of every kind the package must protect, each recording its runs."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from django.db import connections, transaction
+from django.http import HttpResponse, StreamingHttpResponse
+from rest_framework import generics, serializers, status, viewsets
+from rest_framework.decorators import action, api_view, permission_classes, throttle_classes
+from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.throttling import UserRateThrottle
+from rest_framework.views import APIView
+
+from idempotency.decorators import idempotent
+from idempotency.mixins import IdempotentMixin
+
+from .models import Execution, Item
+
+
+class Gate:
+    """Lets a test hold a handler inside its transaction and release it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.backend_id: int | None = None  # the held handler's database session
+
+
+GATES: dict[str, Gate] = {}
+# Handlers that must all be inside their transactions at the same moment.
+BARRIERS: dict[str, threading.Barrier] = {}
+
+
+def backend_id(using: str = "default") -> int | None:
+    connection = connections[using]
+    if connection.vendor == "sqlite":
+        return None  # in-process: there is no server session to kill
+    query = (
+        "SELECT pg_backend_pid()"
+        if connection.vendor == "postgresql"
+        else "SELECT CONNECTION_ID()"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(query)
+        return cursor.fetchone()[0]
+
+
+def record(request, label: str, using: str = "default") -> Execution:
+    execution = Execution.objects.using(using).create(
+        label=label, key=request.headers.get("Idempotency-Key", "")
+    )
+    barrier = BARRIERS.get(request.query_params.get("barrier", ""))
+    if barrier is not None:
+        barrier.wait(timeout=10)
+    gate = GATES.get(request.query_params.get("gate", ""))
+    if gate is not None:
+        gate.backend_id = backend_id(using)
+        gate.entered.set()
+        gate.release.wait(timeout=30)
+    return execution
+
+
+def behave(request, label: str) -> HttpResponse:
+    """Record a run, then answer as the query string asks."""
+    execution = record(request, label)
+    params = request.query_params
+    if params.get("raise") == "validation":
+        raise ValidationError({"amount": ["This field is wrong."]})
+    if params.get("raise") == "error":
+        raise RuntimeError("handler failed")
+    if "stream" in params:
+        size = int(params["stream"])
+        chunks = (b"x" * min(1000, size - start) for start in range(0, size, 1000))
+        response: HttpResponse = StreamingHttpResponse(chunks, content_type="text/plain")
+        response.status_code = int(params.get("status", 200))
+        return response
+    if "size" in params:
+        return HttpResponse(b"y" * int(params["size"]), content_type="application/octet-stream")
+    code = int(params.get("status", status.HTTP_201_CREATED))
+    data = (
+        None if code == 204 else {"execution": execution.pk, "label": label, "data": request.data}
+    )
+    response = Response(
+        data,
+        status=code,
+        headers={"Location": f"/executions/{execution.pk}", "ETag": '"v1"', "X-Trace": "t-1"},
+    )
+    response.set_cookie("sessionish", "secret-of-first-client")
+    return response
+
+
+class ChargeView(APIView):
+    @idempotent
+    def post(self, request):
+        return behave(request, "apiview")
+
+    @idempotent
+    def put(self, request):
+        return behave(request, "apiview-put")
+
+    def get(self, request):
+        return Response({"executions": Execution.objects.count()})
+
+
+@api_view(["POST", "PUT", "PATCH", "DELETE", "GET", "HEAD"])
+@idempotent
+def charge_function(request):
+    return behave(request, "function")
+
+
+@api_view(["POST"])
+@idempotent(required=False)
+def optional_key(request):
+    return behave(request, "optional")
+
+
+@api_view(["POST"])
+@idempotent(ttl=timedelta(seconds=30))
+def short_ttl(request):
+    return behave(request, "short-ttl")
+
+
+def scope_by_tenant(request) -> str:
+    return "tenant:" + request.headers.get("X-Tenant", "none")
+
+
+def body_ignored(request) -> str:
+    return request.method + request.path
+
+
+@api_view(["POST"])
+@idempotent(scope=scope_by_tenant, fingerprint="tests.testapp.views.body_ignored")
+def custom_scope(request):
+    return behave(request, "custom-scope")
+
+
+@api_view(["POST"])
+@permission_classes([AllowAny])
+@idempotent
+def anonymous(request):
+    return behave(request, "anonymous")
+
+
+class TwoPerMinute(UserRateThrottle):
+    rate = "2/min"
+
+
+@api_view(["POST"])
+@throttle_classes([TwoPerMinute])
+@idempotent
+def throttled(request):
+    return behave(request, "throttled")
+
+
+@api_view(["POST"])
+@idempotent
+def other_database(request):
+    # The handler's data lives on the "other" alias, and so does the key
+    # table under IDEMPOTENCY["DATABASE"] = "other" (G8).
+    execution = record(request, "other-db", using="other")
+    if request.query_params.get("raise"):
+        raise RuntimeError("handler failed")
+    return Response({"execution": execution.pk}, status=201)
+
+
+@api_view(["POST"])
+@idempotent
+def nested_atomic(request):
+    # A handler with its own atomic block, as most write handlers have.
+    with transaction.atomic():
+        return behave(request, "nested-atomic")
+
+
+class ItemSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Item
+        fields = ["id", "name", "quantity"]
+
+    def create(self, validated_data):
+        Execution.objects.create(
+            label="create", key=self.context["request"].headers.get("Idempotency-Key", "")
+        )
+        return super().create(validated_data)
+
+    def update(self, instance, validated_data):
+        Execution.objects.create(
+            label="update", key=self.context["request"].headers.get("Idempotency-Key", "")
+        )
+        return super().update(instance, validated_data)
+
+
+class ItemCreateView(IdempotentMixin, generics.CreateAPIView):
+    queryset = Item.objects.all()
+    serializer_class = ItemSerializer
+
+
+class ItemUpdateView(IdempotentMixin, generics.UpdateAPIView):
+    queryset = Item.objects.all()
+    serializer_class = ItemSerializer
+
+
+class ItemViewSet(IdempotentMixin, viewsets.ModelViewSet):
+    queryset = Item.objects.all()
+    serializer_class = ItemSerializer
+
+    def perform_destroy(self, instance):
+        Execution.objects.create(
+            label="destroy", key=self.request.headers.get("Idempotency-Key", "")
+        )
+        instance.delete()
+
+    @action(detail=True, methods=["post"])
+    def restock(self, request, pk=None):
+        item = self.get_object()
+        item.quantity += int(request.data.get("amount", 1))
+        item.save()
+        Execution.objects.create(label="restock", key=request.headers.get("Idempotency-Key", ""))
+        return Response(ItemSerializer(item).data)
+
+
+class OptionalItemViewSet(IdempotentMixin, viewsets.ModelViewSet):
+    """Mixin options as class attributes."""
+
+    queryset = Item.objects.all()
+    serializer_class = ItemSerializer
+    idempotency_required = False
+    idempotency_methods = ["POST"]
+    idempotency_scope = staticmethod(scope_by_tenant)
+
+
+class DecoratedItemViewSet(viewsets.ModelViewSet):
+    """No mixin: @idempotent on one ViewSet action and one extra action."""
+
+    queryset = Item.objects.all()
+    serializer_class = ItemSerializer
+
+    @idempotent
+    def create(self, request, *args, **kwargs):
+        return super().create(request, *args, **kwargs)
+
+    @action(detail=True, methods=["post"])
+    @idempotent
+    def archive(self, request, pk=None):
+        item = self.get_object()
+        Execution.objects.create(label="archive", key=request.headers.get("Idempotency-Key", ""))
+        return Response({"archived": item.pk})
+
+
+class MixinWithDecoratedAction(IdempotentMixin, viewsets.ModelViewSet):
+    """The decorator's options win over the mixin's on the method it decorates."""
+
+    queryset = Item.objects.all()
+    serializer_class = ItemSerializer
+
+    @action(detail=False, methods=["post"])
+    @idempotent(required=False)
+    def bulk(self, request):
+        Execution.objects.create(label="bulk", key=request.headers.get("Idempotency-Key", ""))
+        return Response({"ok": True})

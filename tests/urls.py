@@ -1,0 +1,28 @@
+from django.contrib import admin
+from django.urls import include, path
+from rest_framework.routers import DefaultRouter
+
+from tests.testapp import views
+
+router = DefaultRouter()
+router.register("items", views.ItemViewSet, basename="item")
+router.register("optional-items", views.OptionalItemViewSet, basename="optional-item")
+router.register("decorated-items", views.DecoratedItemViewSet, basename="decorated-item")
+router.register("mixed-items", views.MixinWithDecoratedAction, basename="mixed-item")
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("charge/", views.ChargeView.as_view()),
+    path("function/", views.charge_function),
+    path("optional/", views.optional_key),
+    path("short-ttl/", views.short_ttl),
+    path("custom-scope/", views.custom_scope),
+    path("anonymous/", views.anonymous),
+    path("throttled/", views.throttled),
+    path("other-database/", views.other_database),
+    path("nested-atomic/", views.nested_atomic),
+    path("generic/items/", views.ItemCreateView.as_view()),
+    path("generic/items/<int:pk>/", views.ItemUpdateView.as_view()),
+    path("", include(router.urls)),
+    path("example/", include("example_project.wallet.urls")),
+]
