@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Runs the example project (example_project/): python manage.py migrate && python manage.py runserver"""
+"""Runs the example project in example_project/ (see README.rst, "Quick start")."""
 
 import os
 import sys

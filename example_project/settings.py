@@ -74,6 +74,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
 }
 
+# Seconds a charge holds its transaction open, to watch a duplicate's 409 by hand.
+EXAMPLE_CHARGE_DELAY = float(os.environ.get("EXAMPLE_CHARGE_DELAY", "0"))
+
 # Every key is optional; these are the defaults except TTL.
 IDEMPOTENCY = {
     "TTL": 24 * 60 * 60,

@@ -6,7 +6,6 @@ import hashlib
 import json
 from typing import Any
 
-from django.core.files.uploadedfile import UploadedFile
 from django.http import HttpRequest
 from django.http.request import RawPostDataException
 from django.utils.datastructures import MultiValueDict
@@ -69,20 +68,13 @@ def _update_with_form(
 ) -> None:
     for name in sorted(fields):
         for value in fields.getlist(name):
-            if isinstance(value, UploadedFile):
-                _update_with_file(digest, name, value)
-            else:
-                digest.update(json.dumps(["field", name, value]).encode())
+            digest.update(json.dumps(["field", name, value], default=str).encode())
     for name in sorted(files):
         for upload in files.getlist(name):
-            _update_with_file(digest, name, upload)
-
-
-def _update_with_file(digest: Any, name: str, upload: UploadedFile[Any]) -> None:
-    content = hashlib.sha256()
-    for chunk in upload.chunks():
-        content.update(chunk)
-    upload.seek(0)
-    digest.update(
-        json.dumps(["file", name, upload.name, upload.size, content.hexdigest()]).encode()
-    )
+            content = hashlib.sha256()
+            for chunk in upload.chunks():
+                content.update(chunk)
+            upload.seek(0)
+            digest.update(
+                json.dumps(["file", name, upload.name, upload.size, content.hexdigest()]).encode()
+            )

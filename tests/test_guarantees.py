@@ -359,3 +359,38 @@ class TestStatementBudget:
         with CaptureQueriesContext(connections["default"]) as queries:
             assert client.post(URL, {}, format="json").status_code == 400
         assert queries.captured_queries == []
+
+
+@pytest.mark.django_db
+class TestBodyReadBeforeTheHandler:
+    """A permission class that reads request.data consumes the raw body; the
+    fingerprint must still tell payloads apart."""
+
+    def test_json(self, client):
+        key = new_key()
+        first = post(client, key, {"amount": 1}, url="/peeking/")
+        assert post(client, key, {"amount": 1}, url="/peeking/").content == first.content
+        assert post(client, key, {"amount": 2}, url="/peeking/").status_code == 422
+        assert Execution.objects.count() == 1
+
+    def test_form(self, client):
+        key = new_key()
+        headers = {"Idempotency-Key": key}
+        client.post("/peeking/", {"amount": "1"}, format="multipart", headers=headers)
+        replay = client.post("/peeking/", {"amount": "1"}, format="multipart", headers=headers)
+        assert replay["Idempotent-Replayed"] == "true"
+        form = "application/x-www-form-urlencoded"
+        other_key = {"Idempotency-Key": new_key()}
+        client.post("/peeking/", "amount=1", content_type=form, headers=other_key)
+        again = client.post("/peeking/", "amount=1", content_type=form, headers=other_key)
+        assert again["Idempotent-Replayed"] == "true"
+        refused = client.post("/peeking/", "amount=3", content_type=form, headers=other_key)
+        assert refused.status_code == 422
+
+
+@pytest.mark.django_db
+def test_a_claim_lost_to_another_request_rolls_back(client):
+    response = post(client, new_key(), url="/taken-over/")
+    assert response.status_code == 409
+    assert not Execution.objects.exists()
+    assert not IdempotencyKey.objects.exists()

@@ -275,3 +275,24 @@ class TestMisuse:
         called = idempotent()(handler)
         assert bare.__name__ == called.__name__ == "handler"
         assert bare.idempotency_options == called.idempotency_options
+
+
+def test_a_drf_request_outside_an_apiview_raises(user):
+    from rest_framework.request import Request
+    from rest_framework.response import Response
+    from rest_framework.test import APIRequestFactory
+
+    @idempotent
+    def handler(request):
+        return Response({"ok": True})
+
+    django_request = APIRequestFactory().post(
+        "/", {}, format="json", headers={"Idempotency-Key": "k"}
+    )
+    with pytest.raises(TypeError) as excinfo:
+        handler(Request(django_request))
+    assert str(excinfo.value) == (
+        "@idempotent protects handlers of Django REST framework views; this request was not "
+        "dispatched by an APIView."
+    )
+    assert not IdempotencyKey.objects.exists()

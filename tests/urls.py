@@ -21,6 +21,8 @@ urlpatterns = [
     path("throttled/", views.throttled),
     path("other-database/", views.other_database),
     path("nested-atomic/", views.nested_atomic),
+    path("peeking/", views.peeking),
+    path("taken-over/", views.taken_over),
     path("generic/items/", views.ItemCreateView.as_view()),
     path("generic/items/<int:pk>/", views.ItemUpdateView.as_view()),
     path("", include(router.urls)),

@@ -1,3 +1,6 @@
+import time
+
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from rest_framework import status, viewsets
@@ -36,6 +39,11 @@ def charge(request):
         Wallet.objects.filter(pk=account.pk).update(balance=F("balance") - amount)
         created = serializer.save(wallet=account)
         account.refresh_from_db(fields=["balance"])
+        # Lets you watch a duplicate arrive while this charge is in flight
+        # (README.rst, "Try it"); zero unless EXAMPLE_CHARGE_DELAY is set.
+        delay = getattr(settings, "EXAMPLE_CHARGE_DELAY", 0)
+        if delay:
+            time.sleep(delay)
     return Response(
         {**ChargeSerializer(created).data, "balance": account.balance},
         status=status.HTTP_201_CREATED,

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 
 from django.db import connections, transaction
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, QueryDict, StreamingHttpResponse
+from django.utils import timezone
 from rest_framework import generics, serializers, status, viewsets
-from rest_framework.decorators import action, api_view, permission_classes, throttle_classes
+from rest_framework.decorators import (
+    action,
+    api_view,
+    parser_classes,
+    permission_classes,
+    throttle_classes,
+)
 from rest_framework.exceptions import ValidationError
-from rest_framework.permissions import AllowAny
+from rest_framework.parsers import BaseParser, MultiPartParser
+from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from idempotency.decorators import idempotent
 from idempotency.mixins import IdempotentMixin
+from idempotency.models import IdempotencyKey
 
 from .models import Execution, Item
 
@@ -173,6 +183,49 @@ def nested_atomic(request):
     # A handler with its own atomic block, as most write handlers have.
     with transaction.atomic():
         return behave(request, "nested-atomic")
+
+
+class StreamJSONParser(BaseParser):
+    """Reads the stream itself, as DRF's own parsers did before 3.16."""
+
+    media_type = "application/json"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        return json.load(stream)
+
+
+class StreamFormParser(BaseParser):
+    media_type = "application/x-www-form-urlencoded"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        return QueryDict(stream.read())
+
+
+class PeeksAtData(BasePermission):
+    """Reads request.data before the handler, consuming the raw body."""
+
+    def has_permission(self, request, view):
+        return request.data.get("allowed", True) is not False
+
+
+@api_view(["POST"])
+@parser_classes([StreamJSONParser, StreamFormParser, MultiPartParser])
+@permission_classes([IsAuthenticated, PeeksAtData])
+@idempotent
+def peeking(request):
+    return behave(request, "peeking")
+
+
+@api_view(["POST"])
+@idempotent
+def taken_over(request):
+    # As if the claim had been committed early (MariaDB commits implicitly on
+    # DDL) and another request had taken the record over meanwhile.
+    behave(request, "taken-over")
+    IdempotencyKey.objects.filter(key=request.headers["Idempotency-Key"]).update(
+        created_at=timezone.now() + timedelta(seconds=1)
+    )
+    return Response({"ok": True}, status=201)
 
 
 class ItemSerializer(serializers.ModelSerializer):

@@ -1,0 +1,114 @@
+"""When the database gets in the way: lost connections, unexpected errors,
+records purged in the middle of a claim. Nothing may run twice, and nothing
+may be left half-written."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from django.db import connection, connections
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from idempotency.backends.database import UnsupportedDatabase, dialect_for
+from idempotency.models import IdempotencyKey
+from tests.concurrency import send
+from tests.testapp.models import Execution
+from tests.testapp.views import backend_id
+
+
+def in_another_thread(work) -> None:
+    """Run ``work`` on a connection of its own, and wait for it."""
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def test_an_unsupported_database_is_refused():
+    with pytest.raises(UnsupportedDatabase) as excinfo:
+        dialect_for(SimpleNamespace(vendor="oracle"))
+    assert str(excinfo.value) == (
+        "django-idempotency supports PostgreSQL, MariaDB/MySQL and SQLite, not oracle."
+    )
+
+
+@pytest.mark.server_db
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_lost_at_the_claim_fails_the_request_and_runs_nothing(user):
+    session = backend_id()
+
+    def kill() -> None:
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SELECT pg_terminate_backend(%s)", [session])
+            else:
+                cursor.execute(f"KILL CONNECTION {int(session)}")
+
+    def kill_before_the_claim(execute, sql, params, many, context):
+        if IdempotencyKey._meta.db_table in sql:
+            in_another_thread(kill)
+        return execute(sql, params, many, context)
+
+    key = str(uuid.uuid4())
+    with connection.execute_wrapper(kill_before_the_claim):
+        response = send(user, key)
+    assert response.status_code == 500
+    connection.close()  # as Django does with an unusable connection between requests
+    assert not Execution.objects.exists()
+    assert not IdempotencyKey.objects.exists()
+    assert send(user, key).status_code == 201  # the key was never taken
+
+
+@pytest.mark.vendor("sqlite")
+@pytest.mark.django_db
+def test_an_unexpected_sqlite_error_propagates(user):
+    with connection.cursor() as cursor:  # rolled back with the test's transaction
+        cursor.execute(f"DROP TABLE {IdempotencyKey._meta.db_table}")
+    client = APIClient(raise_request_exception=False)
+    client.force_authenticate(user)
+    response = client.post("/function/", {}, format="json", headers={"Idempotency-Key": "k"})
+    assert response.status_code == 500
+    assert not Execution.objects.exists()
+
+
+@pytest.mark.vendor("postgresql")
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("after", ["claim", "read"])
+def test_a_record_purged_in_the_middle_of_a_claim_answers_409(user, after):
+    # On PostgreSQL the claim holds the key's advisory lock but no row lock,
+    # so the purge can delete an expired record between the claim's statements.
+    key = str(uuid.uuid4())
+    send(user, key)
+    IdempotencyKey.objects.filter(key=key).update(expires_at=timezone.now() - timedelta(1))
+    purged = []
+
+    def purge_midway(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        claim = "pg_try_advisory_xact_lock" in sql
+        read = sql.startswith("SELECT") and IdempotencyKey._meta.db_table in sql
+        if not purged and (claim if after == "claim" else read):
+            in_another_thread(lambda: IdempotencyKey.objects.filter(key=key).delete())
+            purged.append(sql)
+        return result
+
+    with connection.execute_wrapper(purge_midway):
+        response = send(user, key)
+    assert purged
+    assert response.status_code == 409
+    assert Execution.objects.filter(key=key).count() == 1
+    retry = send(user, key)
+    assert retry.status_code == 201
+    assert "Idempotent-Replayed" not in retry
+    assert Execution.objects.filter(key=key).count() == 2
