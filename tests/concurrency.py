@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable
 
 from django.db import connections
@@ -12,6 +13,19 @@ from rest_framework.test import APIClient
 from tests.testapp.models import User
 
 URL = "/function/"
+
+# What the concurrency tests sent and saw, printed at the end of the run.
+TALLY: dict[str, Counter[str]] = defaultdict(Counter)
+
+
+def tally(test: str, responses: list, executions: int) -> None:
+    counts = TALLY[test]
+    counts["keys"] += 1
+    counts["requests"] += len(responses)
+    counts["executions"] += executions
+    for response in responses:
+        replayed = "Idempotent-Replayed" in response
+        counts[f"{response.status_code}{' replay' if replayed else ''}"] += 1
 
 
 def send(user: User, key: str, url: str = URL, data: dict | None = None):

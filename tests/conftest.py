@@ -45,6 +45,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.concurrency import TALLY
+
+    if TALLY:
+        vendor = connections["default"].vendor
+        terminalreporter.section(f"concurrency on {vendor}")
+        for test, counts in TALLY.items():
+            statuses = ", ".join(
+                f"{name}: {count}"
+                for name, count in sorted(counts.items())
+                if name not in ("keys", "requests", "executions")
+            )
+            terminalreporter.write_line(
+                f"{test}: {counts['requests']} requests on {counts['keys']} keys, "
+                f"{counts['executions']} executions; {statuses}"
+            )
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if session.config.getoption("--fail-on-skip") and reporter and reporter.stats.get("skipped"):

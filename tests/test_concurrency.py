@@ -17,7 +17,7 @@ from django.db import connections
 from django.utils import timezone
 
 from idempotency.models import IdempotencyKey
-from tests.concurrency import URL, Threads, send
+from tests.concurrency import URL, Threads, send, tally
 from tests.testapp.models import Execution
 
 pytestmark = [pytest.mark.server_db, pytest.mark.django_db(transaction=True)]
@@ -41,8 +41,9 @@ def test_g1_simultaneous_duplicates_run_once_while_the_first_is_held(user, gate)
         # Every duplicate must be answered while the first is still held.
         threads.wait_until_finished(DUPLICATES - 1)
         held.release.set()
-        statuses = Counter(response.status_code for response in threads.join())
-        assert statuses == {201: 1, 409: DUPLICATES - 1}
+        responses = threads.join()
+        tally("duplicates while the first is held", responses, executions(key))
+        assert Counter(r.status_code for r in responses) == {201: 1, 409: DUPLICATES - 1}
         assert executions(key) == 1
 
 
@@ -50,6 +51,7 @@ def test_g1_simultaneous_duplicates_run_once(user):
     for _round in range(ROUNDS):
         key = str(uuid.uuid4())
         responses = Threads([lambda key=key: send(user, key)] * DUPLICATES).join()
+        tally("duplicates released together", responses, executions(key))
         assert executions(key) == 1
         originals = [
             r for r in responses if r.status_code == 201 and "Idempotent-Replayed" not in r
