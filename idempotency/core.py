@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import transaction
-from django.http import HttpResponse
+from django.http import HttpResponse, UnreadablePostError
 from django.http.multipartparser import MultiPartParserError
 from django.http.response import HttpResponseBase
 from django.utils import timezone
@@ -53,7 +53,7 @@ def protect(
         fingerprint = _normalise_fingerprint(options.get_fingerprint()(request))
     except RequestDataTooBig:
         return problems.BODY_TOO_LARGE.response()
-    except (MultiPartParserError, SuspiciousOperation, OSError) as exc:
+    except (MultiPartParserError, SuspiciousOperation, UnreadablePostError) as exc:
         # A malformed multipart body, too many fields, or a client that hung
         # up mid-body: the client's fault, and nothing has been claimed yet.
         return problems.BODY_MALFORMED.response(reason=str(exc) or type(exc).__name__)

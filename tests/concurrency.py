@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from typing import Any
 
 from django.db import connections
 from rest_framework.test import APIClient
 
-from tests.testapp.models import User
+from tests.testapp.models import Execution, User
 
 URL = "/function/"
 
@@ -75,3 +77,31 @@ class Threads:
             if isinstance(result, BaseException):
                 raise result
         return self.results
+
+
+def duplicate_of_a_held_request(user: User, gate: tuple[str, Any]) -> float:
+    """Hold a first request inside its transaction, send a duplicate, and check
+    that it gets a 409 while the first is still held, then the first's replay
+    once it has finished. Returns the seconds the 409 took."""
+    name, held = gate
+    key = str(uuid.uuid4())
+    url = f"{URL}?gate={name}"
+    first = Threads([lambda: send(user, key, url)])
+    assert held.entered.wait(timeout=10)
+    started = time.monotonic()
+    duplicate = send(user, key, url)
+    elapsed = time.monotonic() - started
+    assert duplicate.status_code == 409
+    assert duplicate["Retry-After"] == "1"
+    assert duplicate["Content-Type"] == "application/problem+json"
+    # Answered while the first is still in flight:
+    assert not held.release.is_set()
+    assert first.finished() == 0
+    held.release.set()
+    (original,) = first.join()
+    assert original.status_code == 201
+    replay = send(user, key, url)
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == original.content
+    assert Execution.objects.filter(key=key).count() == 1
+    return elapsed

@@ -17,7 +17,7 @@ from django.db import connections
 from django.utils import timezone
 
 from idempotency.models import IdempotencyKey
-from tests.concurrency import URL, Threads, send, tally
+from tests.concurrency import URL, Threads, duplicate_of_a_held_request, send, tally
 from tests.testapp.models import Execution
 
 pytestmark = [pytest.mark.server_db, pytest.mark.django_db(transaction=True)]
@@ -30,21 +30,26 @@ def executions(key: str) -> int:
     return Execution.objects.filter(key=key).count()
 
 
-def test_g1_simultaneous_duplicates_run_once_while_the_first_is_held(user, gate):
+def duplicates_while_the_first_is_held(user, gate, label: str) -> None:
+    """One round: DUPLICATES requests with one key, released together; the one
+    that claims it is held until every other has been answered."""
     name, held = gate
+    key = str(uuid.uuid4())
+    held.entered.clear()
+    held.release.clear()
+    threads = Threads([lambda: send(user, key, f"{URL}?gate={name}")] * DUPLICATES)
+    assert held.entered.wait(timeout=10)
+    threads.wait_until_finished(DUPLICATES - 1)
+    held.release.set()
+    responses = threads.join()
+    tally(label, responses, executions(key))
+    assert Counter(r.status_code for r in responses) == {201: 1, 409: DUPLICATES - 1}
+    assert executions(key) == 1
+
+
+def test_g1_simultaneous_duplicates_run_once_while_the_first_is_held(user, gate):
     for _round in range(ROUNDS):
-        key = str(uuid.uuid4())
-        held.entered.clear()
-        held.release.clear()
-        threads = Threads([lambda key=key: send(user, key, f"{URL}?gate={name}")] * DUPLICATES)
-        assert held.entered.wait(timeout=10)
-        # Every duplicate must be answered while the first is still held.
-        threads.wait_until_finished(DUPLICATES - 1)
-        held.release.set()
-        responses = threads.join()
-        tally("duplicates while the first is held", responses, executions(key))
-        assert Counter(r.status_code for r in responses) == {201: 1, 409: DUPLICATES - 1}
-        assert executions(key) == 1
+        duplicates_while_the_first_is_held(user, gate, "duplicates while the first is held")
 
 
 def test_g1_simultaneous_duplicates_run_once(user):
@@ -67,28 +72,8 @@ def test_g1_simultaneous_duplicates_run_once(user):
 
 
 def test_a_duplicate_gets_a_prompt_409_then_the_replay(user, gate):
-    name, held = gate
-    key = str(uuid.uuid4())
-    url = f"{URL}?gate={name}"
-    first = Threads([lambda: send(user, key, url)])
-    assert held.entered.wait(timeout=10)
-    started = time.monotonic()
-    duplicate = send(user, key, url)
-    elapsed = time.monotonic() - started
-    assert duplicate.status_code == 409
-    assert duplicate["Retry-After"] == "1"
-    assert duplicate["Content-Type"] == "application/problem+json"
-    # Answered while the first is still in flight:
-    assert not held.release.is_set()
-    assert first.finished() == 0
+    elapsed = duplicate_of_a_held_request(user, gate)
     assert elapsed < 1.0  # the contract's "well under a second": no lock wait
-    held.release.set()
-    (original,) = first.join()
-    assert original.status_code == 201
-    replay = send(user, key, url)
-    assert replay["Idempotent-Replayed"] == "true"
-    assert replay.content == original.content
-    assert executions(key) == 1
 
 
 def test_distinct_keys_run_in_parallel(user, barrier):
@@ -194,15 +179,5 @@ def test_an_expired_record_is_taken_over_exactly_once(user):
 
 @pytest.mark.usefixtures("atomic_requests")
 def test_g8_atomic_requests_duplicates_run_once(user, gate):
-    name, held = gate
     for _round in range(2):
-        key = str(uuid.uuid4())
-        held.entered.clear()
-        held.release.clear()
-        threads = Threads([lambda key=key: send(user, key, f"{URL}?gate={name}")] * DUPLICATES)
-        assert held.entered.wait(timeout=10)
-        threads.wait_until_finished(DUPLICATES - 1)
-        held.release.set()
-        statuses = Counter(response.status_code for response in threads.join())
-        assert statuses == {201: 1, 409: DUPLICATES - 1}
-        assert executions(key) == 1
+        duplicates_while_the_first_is_held(user, gate, "the same under ATOMIC_REQUESTS")

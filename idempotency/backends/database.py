@@ -163,6 +163,11 @@ class DatabaseStore:
         params = [self.param(name, value) for name, value in values.items()]
         return columns, params
 
+    def insert_sql(self, values: dict[str, Any]) -> tuple[str, list[Any]]:
+        columns, params = self.prepare(values)
+        placeholders = ", ".join(["%s"] * len(params))
+        return f"INSERT INTO {self.table()} ({', '.join(columns)}) VALUES ({placeholders})", params
+
     def update_sql(
         self, values: dict[str, Any], pk: int, info: RequestInfo
     ) -> tuple[str, list[Any]]:
@@ -265,11 +270,7 @@ class MySQLDialect(Dialect):
         info: RequestInfo,
         lock_timeout: timedelta,
     ) -> Attempt:
-        columns, params = store.prepare(values)
-        sql = (
-            f"INSERT INTO {store.table()} ({', '.join(columns)}) "
-            f"VALUES ({', '.join(['%s'] * len(params))})"
-        )
+        sql, params = store.insert_sql(values)
         return self._run(store, sql, params, pk=None)
 
     def take_over(
@@ -306,12 +307,8 @@ class SQLiteDialect(Dialect):
         info: RequestInfo,
         lock_timeout: timedelta,
     ) -> Attempt:
-        columns, params = store.prepare(values)
-        sql = (
-            f"INSERT INTO {store.table()} ({', '.join(columns)}) "
-            f"VALUES ({', '.join(['%s'] * len(params))}) "
-            f"ON CONFLICT ({store.column('scope')}, {store.column('key')}) DO NOTHING"
-        )
+        sql, params = store.insert_sql(values)
+        sql += f" ON CONFLICT ({store.column('scope')}, {store.column('key')}) DO NOTHING"
         try:
             with store.connection.cursor() as cursor:
                 cursor.execute(sql, params)
