@@ -18,6 +18,7 @@ URL = "/function/"
 
 # What the concurrency tests sent and saw, printed at the end of the run.
 TALLY: dict[str, Counter[str]] = defaultdict(Counter)
+LATENCIES: dict[str, float] = {}
 
 
 def tally(test: str, responses: list, executions: int) -> None:
@@ -104,4 +105,5 @@ def duplicate_of_a_held_request(user: User, gate: tuple[str, Any]) -> float:
     assert replay["Idempotent-Replayed"] == "true"
     assert replay.content == original.content
     assert Execution.objects.filter(key=key).count() == 1
+    LATENCIES["409 to a duplicate of a held request"] = elapsed
     return elapsed

@@ -46,9 +46,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    from tests.concurrency import TALLY
+    from tests.concurrency import LATENCIES, TALLY
 
-    if TALLY:
+    if TALLY or LATENCIES:
         vendor = connections["default"].vendor
         terminalreporter.section(f"concurrency on {vendor}")
         for test, counts in TALLY.items():
@@ -61,6 +61,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                 f"{test}: {counts['requests']} requests on {counts['keys']} keys, "
                 f"{counts['executions']} executions; {statuses}"
             )
+        for what, seconds in LATENCIES.items():
+            terminalreporter.write_line(f"{what}: {seconds * 1000:.1f} ms")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
