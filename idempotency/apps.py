@@ -9,6 +9,7 @@ class IdempotencyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from .checks import check_settings
+        from .checks import check_database, check_settings
 
         checks.register(check_settings)
+        checks.register(check_database, checks.Tags.database)

@@ -15,12 +15,11 @@ from django.core import checks
 from django.db import connections
 from django.utils.module_loading import import_string
 
-from .backends.database import SUPPORTED_VENDORS
-from .conf import DEFAULTS, NEVER_REPLAYED, as_timedelta
+from .backends.database import UnsupportedDatabase, dialect_for
+from .conf import DEFAULTS, NEVER_REPLAYED, as_timedelta, settings
+from .options import LONGEST_LOCK_TIMEOUT, LONGEST_TTL
 
 HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
-# Long enough for any real TTL, short enough that now + TTL stays a datetime.
-LONGEST_DURATION = timedelta(days=36500)
 
 
 def check_settings(
@@ -69,17 +68,17 @@ def _is_header_name(value: Any) -> bool:
     return isinstance(value, str) and HEADER_NAME.fullmatch(value) is not None
 
 
-def _duration(name: str, id: str) -> Any:
+def _duration(name: str, id: str, longest: timedelta, longest_text: str) -> Any:
     def check(value: Any) -> list[checks.CheckMessage]:
         if isinstance(value, (timedelta, int, float)) and not isinstance(value, bool):
             try:
-                if timedelta(0) < as_timedelta(value) <= LONGEST_DURATION:
+                if timedelta(0) < as_timedelta(value) <= longest:
                     return []
             except (OverflowError, ValueError):  # inf, nan, or beyond timedelta
                 pass
         return _error(
             name,
-            "must be a positive timedelta or number of seconds, at most 100 years.",
+            f"must be a positive timedelta or number of seconds, at most {longest_text}.",
             f"For example: timedelta(seconds={int(DEFAULTS[name].total_seconds())}).",
             id,
         )
@@ -159,21 +158,37 @@ def _database(value: Any) -> list[checks.CheckMessage]:
             "Name the alias of the database that holds the protected views' data.",
             "idempotency.E013",
         )
-    vendor = connections[value].vendor
-    if vendor not in SUPPORTED_VENDORS:
-        return _error(
-            "DATABASE",
-            f"names a {vendor} database, which this package cannot claim keys on.",
-            "Use PostgreSQL, MariaDB/MySQL or SQLite for the key table.",
-            "idempotency.E014",
-        )
+    return []
+
+
+def check_database(
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[checks.CheckMessage]:
+    """The key table's database must be one the claim works on. Telling
+    MariaDB from MySQL takes a connection, so this is a database check: it
+    runs with ``migrate`` and ``check --database``."""
+    alias = settings.DATABASE
+    if not databases or alias not in databases or alias not in django_settings.DATABASES:
+        return []
+    try:
+        dialect_for(connections[alias])
+    except UnsupportedDatabase as exc:
+        return [
+            checks.Error(
+                f"IDEMPOTENCY['DATABASE'] names the {alias!r} database: {exc}",
+                hint="Put the key table on a PostgreSQL, MariaDB or SQLite database.",
+                id="idempotency.E014",
+            )
+        ]
     return []
 
 
 VALUE_CHECKS = {
     "HEADER": _header,
-    "TTL": _duration("TTL", "idempotency.E004"),
-    "LOCK_TIMEOUT": _duration("LOCK_TIMEOUT", "idempotency.E005"),
+    "TTL": _duration("TTL", "idempotency.E004", LONGEST_TTL, "100 years"),
+    "LOCK_TIMEOUT": _duration("LOCK_TIMEOUT", "idempotency.E005", LONGEST_LOCK_TIMEOUT, "24 days"),
     "REQUIRED": _boolean("REQUIRED", "idempotency.E006"),
     "SCOPE": _callable("SCOPE", "idempotency.E007"),
     "FINGERPRINT": _callable("FINGERPRINT", "idempotency.E008"),

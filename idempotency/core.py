@@ -13,9 +13,9 @@ from collections.abc import Callable
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import transaction
 from django.http import HttpResponse, UnreadablePostError
-from django.http.multipartparser import MultiPartParserError
 from django.http.response import HttpResponseBase
 from django.utils import timezone
+from rest_framework.exceptions import ParseError
 from rest_framework.request import Request
 
 from . import problems
@@ -50,12 +50,15 @@ def protect(
     except InvalidKey:
         return problems.KEY_MALFORMED.response()
     try:
-        fingerprint = _normalise_fingerprint(options.get_fingerprint()(request))
+        fingerprint = _fingerprint(request, options)
     except RequestDataTooBig:
         return problems.BODY_TOO_LARGE.response()
-    except (MultiPartParserError, SuspiciousOperation, UnreadablePostError) as exc:
-        # A malformed multipart body, too many fields, or a client that hung
-        # up mid-body: the client's fault, and nothing has been claimed yet.
+    except ParseError as exc:
+        # DRF could not parse the body (it wraps multipart errors this way).
+        return problems.BODY_MALFORMED.response(reason=str(exc.detail))
+    except (SuspiciousOperation, UnreadablePostError) as exc:
+        # Too many fields or files, or a client that hung up mid-body: the
+        # client's fault, and nothing is claimed yet.
         return problems.BODY_MALFORMED.response(reason=str(exc) or type(exc).__name__)
     setattr(request, _ACTIVE, True)
     store = DatabaseStore(settings.DATABASE)
@@ -96,12 +99,14 @@ def _execute(
     response, and the key is free for a corrected retry.
     """
     response = _render(request, call())
+    # Drained here even when it will not be stored, so that a streaming
+    # handler's work happens inside the transaction that may roll it back.
+    body = _read_body(response, settings.MAX_RESPONSE_BYTES)
     status = response.status_code
     if status == 429 or (status >= 500 and not settings.STORE_SERVER_ERRORS):
         # Transient outcomes: undo the effects and leave the key free.
         transaction.set_rollback(True, using=store.alias)
         return response
-    body = _read_body(response, settings.MAX_RESPONSE_BYTES)
     replay_headers = settings.REPLAY_HEADERS
     stored = StoredResponse(
         status=status,
@@ -170,8 +175,10 @@ def replay(stored: StoredResponse) -> HttpResponse:
     return response
 
 
-def _normalise_fingerprint(value: object) -> str:
-    text = str(value)
-    if len(text) == 64 and all(char in "0123456789abcdef" for char in text):
-        return text
-    return hashlib.sha256(text.encode()).hexdigest()
+def _fingerprint(request: Request, options: Options) -> str:
+    """The stored fingerprint: the view's, bound to the method and path, so
+    that even a custom fingerprint callable cannot make a key used on another
+    endpoint replay this one's response (G4)."""
+    value = options.get_fingerprint()(request)
+    bound = f"{request.method}\n{request.path}\n{value}"
+    return hashlib.sha256(bound.encode()).hexdigest()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
 from django.http.request import RawPostDataException
 from django.utils.datastructures import MultiValueDict
@@ -17,25 +19,26 @@ def default_fingerprint(request: Request) -> str:
 
     JSON bodies are hashed in canonical form (sorted keys, no insignificant
     white space), so a client that re-serialises the same payload on retry is
-    not refused. Multipart bodies are hashed from their parsed fields and
-    file contents, because Django may already have consumed the raw stream
-    (the CSRF check reads ``request.POST``) and because reading a large upload
-    into memory just to hash it would defeat Django's streaming upload
-    handlers.
+    not refused. Multipart bodies, and bodies too large for Django to hold in
+    memory (``DATA_UPLOAD_MAX_MEMORY_SIZE``), are hashed from what DRF parsed:
+    fields, and file contents read in chunks, because DRF streams uploads to
+    disk and the CSRF check may already have consumed the raw stream.
     """
     django_request: HttpRequest = request._request
     method = django_request.method or ""
     digest = hashlib.sha256(f"{method}\n{django_request.get_full_path()}\n".encode())
     if django_request.content_type == "multipart/form-data":
-        _update_with_form(digest, django_request.POST, django_request.FILES)
+        # DRF's request.POST, not Django's: Django parses POST requests only.
+        _update_with_form(digest, request.POST, request.FILES)
         return digest.hexdigest()
     try:
         body = django_request.body
-    except RawPostDataException:
-        # Something read the stream before the handler: DRF's parser, when a
-        # permission class looked at request.data. Hash what it parsed; for
-        # JSON that is the same canonical form as below.
-        _update_with_parsed(digest, request.data)
+    except (RawPostDataException, RequestDataTooBig):
+        # Something read the stream before the handler (DRF's parser, when a
+        # permission class looked at request.data), or the body is too large
+        # to hold: hash what DRF parsed. For JSON that is the same canonical
+        # form as below; DRF's JSON parser refuses a body too large to hold.
+        _update_with_parsed(digest, request.data, request.FILES)
     else:
         digest.update(_canonical_body(django_request.content_type or "", body))
     return digest.hexdigest()
@@ -56,21 +59,23 @@ def _canonical_json(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def _update_with_parsed(digest: Any, data: Any) -> None:
+def _update_with_parsed(digest: Any, data: Any, files: Mapping[str, Any]) -> None:
     if isinstance(data, MultiValueDict):
-        _update_with_form(digest, data, MultiValueDict())
+        fields = {name: data.getlist(name) for name in data if name not in files}
+        _update_with_form(digest, fields, files)
     else:
         digest.update(_canonical_json(data))
+        _update_with_form(digest, {}, files)
 
 
-def _update_with_form(
-    digest: Any, fields: MultiValueDict[str, Any], files: MultiValueDict[str, Any]
-) -> None:
+def _update_with_form(digest: Any, fields: Mapping[str, Any], files: Mapping[str, Any]) -> None:
+    """Fields and files, from Django's or DRF's parsers: a ``MultiValueDict``
+    or a plain dict (DRF's ``FileUploadParser``) of values or value lists."""
     for name in sorted(fields):
-        for value in fields.getlist(name):
+        for value in _values(fields, name):
             digest.update(json.dumps(["field", name, value], default=str).encode())
     for name in sorted(files):
-        for upload in files.getlist(name):
+        for upload in _values(files, name):
             content = hashlib.sha256()
             for chunk in upload.chunks():
                 content.update(chunk)
@@ -78,3 +83,10 @@ def _update_with_form(
             digest.update(
                 json.dumps(["file", name, upload.name, upload.size, content.hexdigest()]).encode()
             )
+
+
+def _values(mapping: Mapping[str, Any], name: str) -> list[Any]:
+    if isinstance(mapping, MultiValueDict):
+        return mapping.getlist(name)
+    value = mapping[name]
+    return value if isinstance(value, list) else [value]

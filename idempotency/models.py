@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, cast
 
-from django.db import models
+from django.db import connections, models, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -23,7 +23,10 @@ class ExactCharField(models.CharField):  # type: ignore[type-arg]
     def db_parameters(self, connection: Any) -> dict[str, Any]:
         parameters = super().db_parameters(connection)
         if connection.vendor == "mysql":
-            parameters["collation"] = "utf8mb4_bin"
+            # Binary and NO PAD: utf8mb4_bin would also make "a" equal "a ".
+            parameters["collation"] = (
+                "utf8mb4_nopad_bin" if connection.mysql_is_mariadb else "utf8mb4_0900_bin"
+            )
         return parameters
 
 
@@ -36,22 +39,29 @@ class IdempotencyKeyQuerySet(models.QuerySet["IdempotencyKey"]):
     def purge_batches(self, batch_size: int = 1000, now: datetime | None = None) -> Iterator[int]:
         """Delete expired records in short batches, yielding each batch's count.
 
-        Each batch is its own short transaction (autocommit), so the purge can
-        run while traffic flows and its memory is bounded by ``batch_size``.
-        Ids are selected first and deleted second because MySQL refuses
-        ``LIMIT`` inside an ``IN`` subquery; the delete repeats the expiry test
-        so that a record renewed between the two statements (an expired key
-        taken over by a new request) is never deleted.
+        Each batch is its own short transaction, so the purge can run while
+        traffic flows and its memory is bounded by ``batch_size``. A batch
+        skips the rows another transaction has locked (an expired key being
+        taken over right now): waiting for them would hold the batch's other
+        deletions uncommitted, and stall new claims on those keys, for as long
+        as that request runs. Ids are selected first and deleted second
+        because MySQL refuses ``LIMIT`` inside an ``IN`` subquery; the delete
+        repeats the expiry test, so a record renewed in between survives.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be a positive integer.")
         cutoff = now or timezone.now()
         expired = self.expired(cutoff).order_by()
+        features = connections[self.db].features
         while True:
-            ids = list(expired.values_list("pk", flat=True)[:batch_size])
-            if not ids:
-                return
-            deleted, _ = expired.filter(pk__in=ids).delete()
+            with transaction.atomic(using=self.db):
+                batch = expired.select_for_update(
+                    skip_locked=features.has_select_for_update_skip_locked
+                ).values_list("pk", flat=True)[:batch_size]
+                ids = list(batch)
+                if not ids:
+                    return
+                deleted, _ = expired.filter(pk__in=ids).delete()
             yield deleted
             if len(ids) < batch_size:
                 return

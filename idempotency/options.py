@@ -11,6 +11,11 @@ from typing import Any
 from .conf import as_callable, as_timedelta, settings
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Long enough for any real TTL, short enough that now + TTL stays a datetime.
+LONGEST_TTL = timedelta(days=36500)
+# PostgreSQL takes LOCK_TIMEOUT as idle_in_transaction_session_timeout, an
+# integer of milliseconds: at most 2**31 - 1 ms, just over 24.8 days.
+LONGEST_LOCK_TIMEOUT = timedelta(days=24)
 
 ScopeFunc = Callable[[Any], str]
 FingerprintFunc = Callable[[Any], str]
@@ -42,9 +47,14 @@ class Options:
         if ttl is not None:
             if isinstance(ttl, bool) or not isinstance(ttl, (timedelta, int, float)):
                 raise TypeError("ttl must be a timedelta or a number of seconds.")
-            ttl = as_timedelta(ttl)
+            try:
+                ttl = as_timedelta(ttl)
+            except (OverflowError, ValueError):  # inf, nan, beyond timedelta
+                raise ValueError("ttl must be at most 100 years.") from None
             if ttl <= timedelta(0):
                 raise ValueError("ttl must be positive.")
+            if ttl > LONGEST_TTL:
+                raise ValueError("ttl must be at most 100 years.")
         if required is not None and not isinstance(required, bool):
             raise TypeError("required must be True or False.")
         for name, value in (("scope", scope), ("fingerprint", fingerprint)):

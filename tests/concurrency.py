@@ -107,3 +107,18 @@ def duplicate_of_a_held_request(user: User, gate: tuple[str, Any]) -> float:
     assert Execution.objects.filter(key=key).count() == 1
     LATENCIES["409 to a duplicate of a held request"] = elapsed
     return elapsed
+
+
+def in_another_thread(work: Callable[[], object], timeout: float = 10) -> None:
+    """Run ``work`` on a database connection of its own, and wait for it."""
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=timeout)
+    assert not thread.is_alive(), "the other connection was blocked"

@@ -12,7 +12,7 @@ from django.core.management.base import SystemCheckError
 from django.db import connections
 from django.test import override_settings
 
-from idempotency.checks import check_settings
+from idempotency.checks import check_database, check_settings
 from idempotency.conf import settings
 from idempotency.keys import default_scope
 
@@ -149,13 +149,14 @@ def test_e004_ttl(value):
     assert error.hint == "For example: timedelta(seconds=86400)."
 
 
-@pytest.mark.parametrize("value", BAD_DURATIONS)
+@pytest.mark.parametrize("value", [*BAD_DURATIONS, timedelta(days=25), 30 * 24 * 3600])
 def test_e005_lock_timeout(value):
+    # PostgreSQL takes it as an int4 of milliseconds: at most about 24.8 days.
     error = only_error({"LOCK_TIMEOUT": value})
     assert error.id == "idempotency.E005"
     assert error.msg == (
         "IDEMPOTENCY['LOCK_TIMEOUT'] must be a positive timedelta or number of seconds, "
-        "at most 100 years."
+        "at most 24 days."
     )
     assert error.hint == "For example: timedelta(seconds=60)."
 
@@ -246,20 +247,32 @@ def test_e013_not_a_string(value):
     assert ids({"DATABASE": value}) == ["idempotency.E013"]
 
 
+# E014 is a database check: telling MariaDB from MySQL takes a connection.
+
+
 def test_e014_unsupported_vendor(monkeypatch):
     monkeypatch.setattr(connections["other"], "vendor", "oracle")
-    error = only_error({"DATABASE": "other"})
-    assert error.id == "idempotency.E014"
-    assert error.msg == (
-        "IDEMPOTENCY['DATABASE'] names a oracle database, which this package cannot claim keys on."
-    )
-    # The default alias is still supported: only the named alias is checked.
-    assert ids({"DATABASE": "default"}) == []
+    with override_settings(IDEMPOTENCY={"DATABASE": "other"}):
+        errors = check_database(databases=["default", "other"])
+        assert [(error.id, error.msg) for error in errors] == [
+            (
+                "idempotency.E014",
+                "IDEMPOTENCY['DATABASE'] names the 'other' database: django-idempotency "
+                "supports PostgreSQL, MariaDB and SQLite, not oracle.",
+            )
+        ]
+        # Only when that database is being checked.
+        assert check_database(databases=["default"]) == []
+        assert check_database(databases=None) == []
+    # The default alias is still supported: only the key table's alias is checked.
+    assert check_database(databases=["default", "other"]) == []
 
 
-def test_e014_default_alias(monkeypatch):
+@pytest.mark.django_db(databases=["default", "other"])
+def test_e014_runs_with_migrate_style_checks(monkeypatch):
     monkeypatch.setattr(connections["default"], "vendor", "microsoft")
-    assert ids({"DATABASE": "default"}) == ["idempotency.E014"]
+    with pytest.raises(SystemCheckError, match=r"idempotency\.E014"):
+        call_command("check", databases=["default"])
 
 
 def test_every_bad_value_is_reported():

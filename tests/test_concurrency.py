@@ -17,7 +17,14 @@ from django.db import connections
 from django.utils import timezone
 
 from idempotency.models import IdempotencyKey
-from tests.concurrency import URL, Threads, duplicate_of_a_held_request, send, tally
+from tests.concurrency import (
+    URL,
+    Threads,
+    duplicate_of_a_held_request,
+    in_another_thread,
+    send,
+    tally,
+)
 from tests.testapp.models import Execution
 
 pytestmark = [pytest.mark.server_db, pytest.mark.django_db(transaction=True)]
@@ -181,3 +188,27 @@ def test_an_expired_record_is_taken_over_exactly_once(user):
 def test_g8_atomic_requests_duplicates_run_once(user, gate):
     for _round in range(2):
         duplicates_while_the_first_is_held(user, gate, "the same under ATOMIC_REQUESTS")
+
+
+def test_the_purge_skips_a_record_being_taken_over(user, gate):
+    # Waiting for the takeover's row lock would hold the purge's other
+    # deletions uncommitted, stalling new claims on those keys meanwhile.
+    name, held = gate
+    taken, other = str(uuid.uuid4()), str(uuid.uuid4())
+    send(user, taken)
+    send(user, other)
+    IdempotencyKey.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    first = Threads([lambda: send(user, taken, f"{URL}?gate={name}")])
+    assert held.entered.wait(timeout=10)
+    deleted = []
+    in_another_thread(lambda: deleted.append(IdempotencyKey.objects.purge()))  # not blocked
+    # PostgreSQL skips exactly the locked row; MariaDB's SKIP LOCKED may also
+    # pass over its neighbours, which the next purge then removes.
+    assert deleted in ([1], [0])
+    held.release.set()
+    (response,) = first.join()
+    assert response.status_code == 201
+    IdempotencyKey.objects.purge()
+    assert list(IdempotencyKey.objects.values_list("key", "state")) == [
+        (taken, IdempotencyKey.State.COMPLETED)
+    ]

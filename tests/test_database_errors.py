@@ -4,43 +4,37 @@ may be left half-written."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
-from django.db import connection, connections
+from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from idempotency.backends.database import UnsupportedDatabase, dialect_for
 from idempotency.models import IdempotencyKey
-from tests.concurrency import send
+from tests.concurrency import in_another_thread, send
 from tests.testapp.models import Execution
 from tests.testapp.views import backend_id
-
-
-def in_another_thread(work) -> None:
-    """Run ``work`` on a connection of its own, and wait for it."""
-
-    def run() -> None:
-        try:
-            work()
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(timeout=30)
-    assert not thread.is_alive()
 
 
 def test_an_unsupported_database_is_refused():
     with pytest.raises(UnsupportedDatabase) as excinfo:
         dialect_for(SimpleNamespace(vendor="oracle"))
     assert str(excinfo.value) == (
-        "django-idempotency supports PostgreSQL, MariaDB/MySQL and SQLite, not oracle."
+        "django-idempotency supports PostgreSQL, MariaDB and SQLite, not oracle."
+    )
+
+
+def test_mysql_is_refused():
+    # MySQL cannot give one statement a zero lock wait; MariaDB can.
+    with pytest.raises(UnsupportedDatabase) as excinfo:
+        dialect_for(SimpleNamespace(vendor="mysql", mysql_is_mariadb=False))
+    assert str(excinfo.value) == (
+        "django-idempotency supports MariaDB but not MySQL: MySQL cannot shorten one "
+        "statement's lock wait, so a duplicate request would wait instead of getting its 409."
     )
 
 

@@ -114,6 +114,13 @@ class TestG4Scope:
         post(client, key)
         assert post(client, key, url="/charge/").status_code == 422
 
+    def test_a_custom_fingerprint_still_tells_endpoints_apart(self, client):
+        key = new_key()
+        post(client, key, url="/constant-a/")
+        assert post(client, key, {"other": "body"}, url="/constant-a/").status_code == 201
+        assert post(client, key, url="/constant-b/").status_code == 422
+        assert Execution.objects.count() == 1
+
     def test_custom_scope_callable(self, client, other_user):
         key = new_key()
         headers = {"Idempotency-Key": key, "X-Tenant": "acme"}
@@ -267,7 +274,6 @@ class TestG7BadInput:
             (b'{"n": 1' + b"0" * 5000 + b"}", "application/json"),
             (b"\x00\x01\x02", "application/octet-stream"),
             (b"amount=1", "text/plain"),
-            (b"", "multipart/form-data"),
         ],
     )
     def test_hostile_bodies(self, client, body, content_type):
@@ -277,6 +283,22 @@ class TestG7BadInput:
         assert 400 <= response.status_code < 500, response.content
         assert not IdempotencyKey.objects.exists()
         assert not Execution.objects.exists()
+
+    @pytest.mark.parametrize(
+        ("body", "content_type"),
+        [
+            (b"", "multipart/form-data"),
+            (b"--b\r\nnonsense", "multipart/form-data; boundary=b"),
+            (b"", "application/json"),
+        ],
+    )
+    def test_odd_bodies_that_drf_accepts_pass_through(self, client, body, content_type):
+        key = new_key()
+        response = client.post(
+            URL, body, content_type=content_type, headers={"Idempotency-Key": key}
+        )
+        assert response.status_code == 201
+        assert post(client, key, data=None).status_code == 422  # the body still counted
 
     @override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=100)
     def test_a_body_over_djangos_limit_is_413(self, client):
@@ -288,6 +310,21 @@ class TestG7BadInput:
         )
         assert response.status_code == 413
         assert json.loads(response.content)["title"] == "Request body too large"
+        assert not IdempotencyKey.objects.exists()
+
+    @override_settings(DATA_UPLOAD_MAX_NUMBER_FIELDS=2)
+    def test_too_many_fields_is_a_problem_document(self, client):
+        response = client.post(
+            URL,
+            {"a": "1", "b": "2", "c": "3"},
+            format="multipart",
+            headers={"Idempotency-Key": new_key()},
+        )
+        assert response.status_code == 400
+        assert json.loads(response.content)["detail"] == (
+            "The request body could not be read: The number of GET/POST parameters exceeded "
+            "settings.DATA_UPLOAD_MAX_NUMBER_FIELDS."
+        )
         assert not IdempotencyKey.objects.exists()
 
     def test_malformed_multipart_is_a_problem_document(self, client):
@@ -394,3 +431,41 @@ def test_a_claim_lost_to_another_request_rolls_back(client):
     assert response.status_code == 409
     assert not Execution.objects.exists()
     assert not IdempotencyKey.objects.exists()
+
+
+@pytest.mark.django_db
+class TestBodiesDjangoDoesNotHold:
+    def test_multipart_put_and_patch_are_fingerprinted(self, client):
+        # Django parses multipart bodies for POST only; DRF parses the others.
+        for method in ("put", "patch"):
+            key = new_key()
+            send = getattr(client, method)
+            headers = {"Idempotency-Key": key}
+            first = send(URL, {"name": "first"}, format="multipart", headers=headers)
+            assert first.status_code == 201
+            replay = send(URL, {"name": "first"}, format="multipart", headers=headers)
+            assert replay["Idempotent-Replayed"] == "true"
+            other = send(URL, {"name": "second"}, format="multipart", headers=headers)
+            assert other.status_code == 422
+
+    @override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000)
+    def test_an_upload_larger_than_django_holds_in_memory(self, client):
+        key = new_key()
+
+        def upload(content: bytes):
+            return client.put(
+                "/upload/a.bin",
+                content,
+                content_type="application/octet-stream",
+                headers={
+                    "Idempotency-Key": key,
+                    "Content-Disposition": "attachment; filename=a.bin",
+                },
+            )
+
+        first = upload(b"a" * 5000)
+        assert first.status_code == 201
+        assert first.json()["size"] == 5000
+        assert upload(b"a" * 5000)["Idempotent-Replayed"] == "true"
+        assert upload(b"b" * 5000).status_code == 422
+        assert Execution.objects.count() == 1

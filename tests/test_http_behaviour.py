@@ -369,6 +369,12 @@ class TestLargeAndStreamingResponses:
         assert retry["Idempotent-Replayed"] == "true"
         assert Execution.objects.count() == 1
 
+    def test_a_transient_stream_runs_inside_the_transaction_it_rolls_back(self, client):
+        response = post(client, new_key(), url=URL + "?stream=2500&stream_writes=1&status=503")
+        assert response.status_code == 503
+        assert b"".join(response.streaming_content) == b"x" * 2500
+        assert not Execution.objects.exists()
+
     @override_settings(IDEMPOTENCY={"MAX_RESPONSE_BYTES": 2000})
     def test_a_stream_over_the_limit_fails_and_rolls_back(self, client):
         key = new_key()

@@ -62,3 +62,11 @@ def test_long_scope_and_key_are_stored_whole():
     scope, key = "s" * 255, "k" * 255
     baker.make(IdempotencyKey, scope=scope, key=key)
     assert IdempotencyKey.objects.get(scope=scope, key=key).key == key
+
+
+@pytest.mark.django_db
+def test_scopes_and_keys_compare_exactly():
+    # MariaDB's default and PAD SPACE collations would make these equal.
+    for scope, key in [("user:a", "k"), ("user:a ", "k"), ("user:A", "k"), ("user:a", "K")]:
+        baker.make(IdempotencyKey, scope=scope, key=key)
+    assert IdempotencyKey.objects.filter(scope="user:a", key="k").count() == 1

@@ -232,6 +232,8 @@ class TestMisuse:
         ("options", "error", "message"),
         [
             ({"ttl": 0}, ValueError, "ttl must be positive."),
+            ({"ttl": float("inf")}, ValueError, "ttl must be at most 100 years."),
+            ({"ttl": timedelta(days=36501)}, ValueError, "ttl must be at most 100 years."),
             ({"ttl": timedelta(seconds=-1)}, ValueError, "ttl must be positive."),
             ({"ttl": "60"}, TypeError, "ttl must be a timedelta or a number of seconds."),
             ({"ttl": True}, TypeError, "ttl must be a timedelta or a number of seconds."),

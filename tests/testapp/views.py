@@ -18,7 +18,7 @@ from rest_framework.decorators import (
     throttle_classes,
 )
 from rest_framework.exceptions import ValidationError
-from rest_framework.parsers import BaseParser, MultiPartParser
+from rest_framework.parsers import BaseParser, FileUploadParser, MultiPartParser
 from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.throttling import UserRateThrottle
@@ -84,8 +84,14 @@ def behave(request, label: str) -> HttpResponse:
         raise RuntimeError("handler failed")
     if "stream" in params:
         size = int(params["stream"])
-        chunks = (b"x" * min(1000, size - start) for start in range(0, size, 1000))
-        response: HttpResponse = StreamingHttpResponse(chunks, content_type="text/plain")
+
+        def chunks():
+            for start in range(0, size, 1000):
+                if params.get("stream_writes"):
+                    Execution.objects.create(label="while-streaming")
+                yield b"x" * min(1000, size - start)
+
+        response: HttpResponse = StreamingHttpResponse(chunks(), content_type="text/plain")
         response.status_code = int(params.get("status", 200))
         return response
     if "size" in params:
@@ -226,6 +232,30 @@ def taken_over(request):
         created_at=timezone.now() + timedelta(seconds=1)
     )
     return Response({"ok": True}, status=201)
+
+
+def same_for_every_request(request) -> str:
+    return "same"
+
+
+@api_view(["POST"])
+@idempotent(fingerprint=same_for_every_request)
+def constant_a(request):
+    return behave(request, "constant-a")
+
+
+@api_view(["POST"])
+@idempotent(fingerprint=same_for_every_request)
+def constant_b(request):
+    return behave(request, "constant-b")
+
+
+@api_view(["PUT"])
+@parser_classes([FileUploadParser])
+@idempotent
+def upload(request, filename):
+    execution = record(request, "upload")
+    return Response({"execution": execution.pk, "size": request.data["file"].size}, status=201)
 
 
 class ItemSerializer(serializers.ModelSerializer):
