@@ -9,6 +9,7 @@ import json
 import uuid
 
 import pytest
+import rest_framework
 from django.core.cache import cache
 from django.db import connections
 from django.test import override_settings
@@ -20,6 +21,7 @@ from idempotency.models import IdempotencyKey
 from tests.testapp.models import Execution
 
 URL = "/function/"
+DRF_VERSION = tuple(int(part) for part in rest_framework.VERSION.split(".")[:2])
 
 
 def new_key() -> str:
@@ -301,16 +303,25 @@ class TestG7BadInput:
         assert post(client, key, data=None).status_code == 422  # the body still counted
 
     @override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=100)
-    def test_a_body_over_djangos_limit_is_413(self, client):
-        response = client.post(
-            URL,
-            b"{}" + b" " * 200,
-            content_type="application/json",
-            headers={"Idempotency-Key": new_key()},
-        )
-        assert response.status_code == 413
-        assert json.loads(response.content)["title"] == "Request body too large"
-        assert not IdempotencyKey.objects.exists()
+    def test_a_json_body_over_djangos_limit(self, client):
+        key = new_key()
+        headers = {"Idempotency-Key": key}
+        big = {"text": "x" * 200}
+        response = client.post(URL, big, format="json", headers=headers)
+        if DRF_VERSION >= (3, 16):
+            # DRF parses JSON from Django's request.body, which enforces the
+            # limit: the package answers with a problem document.
+            assert response.status_code == 413
+            assert json.loads(response.content)["title"] == "Request body too large"
+            assert not IdempotencyKey.objects.exists()
+        else:
+            # Older DRF reads JSON from the stream, past the limit: the package
+            # hashes what DRF parsed rather than refuse what DRF accepts.
+            assert response.status_code == 201
+            replay = client.post(URL, big, format="json", headers=headers)
+            assert replay["Idempotent-Replayed"] == "true"
+            other = client.post(URL, {"text": "y" * 200}, format="json", headers=headers)
+            assert other.status_code == 422
 
     @override_settings(DATA_UPLOAD_MAX_NUMBER_FIELDS=2)
     def test_too_many_fields_is_a_problem_document(self, client):
