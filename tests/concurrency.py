@@ -122,3 +122,13 @@ def in_another_thread(work: Callable[[], object], timeout: float = 10) -> None:
     thread.start()
     thread.join(timeout=timeout)
     assert not thread.is_alive(), "the other connection was blocked"
+
+
+def kill_session(session_id: int) -> None:
+    """End another connection's database session, as a dying worker would."""
+    connection = connections["default"]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_terminate_backend(%s)", [session_id])
+        else:
+            cursor.execute(f"KILL CONNECTION {int(session_id)}")

@@ -13,7 +13,6 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from django.db import connections
 from django.utils import timezone
 
 from idempotency.models import IdempotencyKey
@@ -22,6 +21,7 @@ from tests.concurrency import (
     Threads,
     duplicate_of_a_held_request,
     in_another_thread,
+    kill_session,
     send,
     tally,
 )
@@ -119,15 +119,6 @@ def test_g2_nothing_is_visible_until_effects_and_record_commit_together(user, ga
     first.join()
     assert executions(key) == 1
     assert IdempotencyKey.objects.get(key=key).state == IdempotencyKey.State.COMPLETED
-
-
-def kill_session(session_id: int) -> None:
-    connection = connections["default"]
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SELECT pg_terminate_backend(%s)", [session_id])
-        else:
-            cursor.execute(f"KILL CONNECTION {int(session_id)}")
 
 
 def test_g5_a_worker_that_loses_its_connection_frees_the_key_and_never_runs_twice(user, gate):

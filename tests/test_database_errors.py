@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 
 from idempotency.backends.database import UnsupportedDatabase, dialect_for
 from idempotency.models import IdempotencyKey
-from tests.concurrency import in_another_thread, send
+from tests.concurrency import in_another_thread, kill_session, send
 from tests.testapp.models import Execution
 from tests.testapp.views import backend_id
 
@@ -43,16 +43,9 @@ def test_mysql_is_refused():
 def test_a_connection_lost_at_the_claim_fails_the_request_and_runs_nothing(user):
     session = backend_id()
 
-    def kill() -> None:
-        with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                cursor.execute("SELECT pg_terminate_backend(%s)", [session])
-            else:
-                cursor.execute(f"KILL CONNECTION {int(session)}")
-
     def kill_before_the_claim(execute, sql, params, many, context):
         if IdempotencyKey._meta.db_table in sql:
-            in_another_thread(kill)
+            in_another_thread(lambda: kill_session(session))
         return execute(sql, params, many, context)
 
     key = str(uuid.uuid4())
