@@ -375,17 +375,10 @@ class TestLargeAndStreamingResponses:
         assert b"".join(response.streaming_content) == b"x" * 2500
         assert not Execution.objects.exists()
 
+    @pytest.mark.parametrize("query", ["stream=2500", "size=2001"])
     @override_settings(IDEMPOTENCY={"MAX_RESPONSE_BYTES": 2000})
-    def test_a_stream_over_the_limit_fails_and_rolls_back(self, client):
-        key = new_key()
-        assert_problem(post(client, key, url=URL + "?stream=2500"), TOO_LARGE)
-        assert not Execution.objects.exists()
-        assert not IdempotencyKey.objects.exists()
-
-    @override_settings(IDEMPOTENCY={"MAX_RESPONSE_BYTES": 2000})
-    def test_a_body_over_the_limit_fails_and_rolls_back(self, client):
-        key = new_key()
-        assert_problem(post(client, key, url=URL + "?size=2001"), TOO_LARGE)
+    def test_a_response_over_the_limit_fails_and_rolls_back(self, client, query):
+        assert_problem(post(client, new_key(), url=f"{URL}?{query}"), TOO_LARGE)
         assert not Execution.objects.exists()
         assert not IdempotencyKey.objects.exists()
 
