@@ -37,7 +37,10 @@ both take it over, nor can the purge delete a record that was just renewed.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -52,6 +55,56 @@ from .base import Claim, Outcome, RequestInfo, StoredResponse
 
 CLAIMED, BUSY, SHARED, EXISTS, GONE = "claimed", "busy", "shared", "exists", "gone"
 
+IN_FLIGHT = str(IdempotencyKey.State.IN_FLIGHT)
+COMPLETED = str(IdempotencyKey.State.COMPLETED)
+
+# The columns of a claim, in the order of the claim statements' parameters.
+COLUMNS = (
+    "scope",
+    "key",
+    "fingerprint",
+    "state",
+    "method",
+    "path",
+    "status",
+    "headers",
+    "body",
+    "created_at",
+    "completed_at",
+    "expires_at",
+)
+# What a reader needs of a record, in this order, with its expiry already
+# compared by the database (so no value needs converting back).
+RECORD_COLUMNS = ("id", "state", "fingerprint", "status", "headers", "body")
+
+
+@dataclass(frozen=True)
+class Record:
+    """A record as the claim finds it."""
+
+    pk: int
+    state: str
+    fingerprint: str
+    status: int | None
+    headers: list[list[str]] | None
+    body: bytes | None
+    expired: bool
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Record:
+        pk, state, fingerprint, status, headers, body, expired = row
+        if isinstance(headers, str):  # every driver but psycopg2 without Django's loader
+            headers = json.loads(headers)
+        return cls(
+            pk=pk,
+            state=state,
+            fingerprint=fingerprint,
+            status=status,
+            headers=headers,
+            body=None if body is None else bytes(body),
+            expired=bool(expired),
+        )
+
 
 @dataclass(frozen=True)
 class Attempt:
@@ -61,6 +114,22 @@ class Attempt:
     # record is in the way. GONE: it vanished meanwhile.
     result: str
     pk: int | None = None
+    # The record in the way, when the claim statement could read it too.
+    record: Record | None = None
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The hand-written SQL of one database alias, built once: requests only
+    bind parameters (these statements are on every protected request)."""
+
+    table: str
+    insert: str  # INSERT INTO table (COLUMNS) VALUES (...)
+    select: str  # RECORD_COLUMNS and the expiry test, by scope and key
+    update: str  # SET COLUMNS, by id and expiry
+    complete: str  # SET the response, by id, claim time and state
+    claim: str = ""  # the dialect's claim, built from the above
+    take_over: str = ""  # the dialect's takeover, built from ``update``
 
 
 class DatabaseStore:
@@ -70,6 +139,7 @@ class DatabaseStore:
         self.alias = alias
         self.connection = connections[alias]
         self.dialect = dialect_for(self.connection)
+        self.sql = _statements(self.connection, self.dialect)
 
     def atomic(self) -> transaction.Atomic:
         return transaction.atomic(using=self.alias)
@@ -79,39 +149,44 @@ class DatabaseStore:
 
         Must run inside ``atomic()``: the claim lasts as long as the transaction.
         """
-        values = {
-            "scope": info.scope,
-            "key": info.key,
-            "fingerprint": info.fingerprint,
-            "state": IdempotencyKey.State.IN_FLIGHT,
-            "method": info.method,
-            "path": info.path,
-            "status": None,
-            "headers": None,
-            "body": None,
-            "created_at": info.now,
-            "completed_at": None,
-            "expires_at": info.now + lock_timeout,
-        }
-        attempt = self.dialect.insert(self, values, info, lock_timeout)
+        adapt = self.connection.ops.adapt_datetimefield_value
+        params = [
+            info.scope,
+            info.key,
+            info.fingerprint,
+            IN_FLIGHT,
+            info.method,
+            info.path,
+            None,
+            None,
+            None,
+            adapt(info.now),
+            None,
+            adapt(info.now + lock_timeout),
+        ]
+        attempt = self.dialect.insert(self, params, info, lock_timeout)
         if attempt.result == CLAIMED:
             return Claim(Outcome.CLAIMED, token=(attempt.pk, info.now))
         if attempt.result == BUSY:
             return Claim(Outcome.IN_FLIGHT)
-        record = self._fetch(info)
+        record = attempt.record
+        if record is None and attempt.result == EXISTS:
+            # MariaDB and SQLite: the failed insert left the record locked
+            # for this transaction, so it is there to read.
+            record = self._fetch(info)
         if record is None:
-            # Purged between the two statements (possible on PostgreSQL only,
-            # where the claim takes no row lock). It had expired, so the
-            # client's retry will claim it: a 409 is the honest answer.
+            # PostgreSQL: another transaction holds the key's lock, or
+            # committed its record, or the purge deleted an expired one, in
+            # the instant since this statement began. In flight, or free
+            # again for the client's retry: a 409 is the honest answer.
             return Claim(Outcome.IN_FLIGHT)
-        live = not record.is_expired(info.now)
-        if live and record.state == IdempotencyKey.State.COMPLETED:
+        if not record.expired and record.state == COMPLETED:
             return _completed(record)
-        if live or attempt.result == SHARED:
+        if not record.expired or attempt.result == SHARED:
             # In flight, or (PostgreSQL) another transaction holds the key's
             # lock and may be renewing this expired record.
             return Claim(Outcome.IN_FLIGHT)
-        if self.dialect.take_over(self, record.pk, values, info).result == CLAIMED:
+        if self.dialect.take_over(self, record.pk, params, info).result == CLAIMED:
             return Claim(Outcome.CLAIMED, token=(record.pk, info.now))
         # Taken over, renewed or purged since we read it: in flight, or free
         # again for the client's retry.
@@ -125,71 +200,93 @@ class DatabaseStore:
         """
         pk, claimed_at = claim.token
         now = timezone.now()
-        updated = (
-            IdempotencyKey.objects.using(self.alias)
-            .filter(pk=pk, created_at=claimed_at, state=IdempotencyKey.State.IN_FLIGHT)
-            .update(
-                state=IdempotencyKey.State.COMPLETED,
-                status=response.status,
-                headers=[list(pair) for pair in response.headers],
-                body=response.body,
-                completed_at=now,
-                expires_at=now + ttl,
-            )
-        )
-        return updated == 1
+        adapt = self.connection.ops.adapt_datetimefield_value
+        params = [
+            COMPLETED,
+            response.status,
+            _field("headers").get_db_prep_save(
+                [list(pair) for pair in response.headers], connection=self.connection
+            ),
+            _field("body").get_db_prep_save(response.body, connection=self.connection),
+            adapt(now),
+            adapt(now + ttl),
+            pk,
+            adapt(claimed_at),
+            IN_FLIGHT,
+        ]
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.sql.complete, params)
+            return cursor.rowcount == 1
 
-    def _fetch(self, info: RequestInfo) -> IdempotencyKey | None:
-        return (
-            IdempotencyKey.objects.using(self.alias).filter(scope=info.scope, key=info.key).first()
-        )
+    def _fetch(self, info: RequestInfo) -> Record | None:
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.sql.select, self.select_params(info))
+            row = cursor.fetchone()
+        return None if row is None else Record.from_row(row)
 
-    # Helpers for the dialects' hand-written SQL.
-
-    def table(self) -> str:
-        return self.connection.ops.quote_name(IdempotencyKey._meta.db_table)
-
-    def column(self, name: str) -> str:
-        return self.connection.ops.quote_name(cast(str, _field(name).column))
-
-    def param(self, name: str, value: Any) -> Any:
-        return _field(name).get_db_prep_save(value, connection=self.connection)
-
-    def prepare(self, values: dict[str, Any]) -> tuple[list[str], list[Any]]:
-        """Quoted column names and database-ready parameters for ``values``."""
-        columns = [self.column(name) for name in values]
-        params = [self.param(name, value) for name, value in values.items()]
-        return columns, params
-
-    def insert_sql(self, values: dict[str, Any]) -> tuple[str, list[Any]]:
-        columns, params = self.prepare(values)
-        placeholders = ", ".join(["%s"] * len(params))
-        return f"INSERT INTO {self.table()} ({', '.join(columns)}) VALUES ({placeholders})", params
-
-    def update_sql(
-        self, values: dict[str, Any], pk: int, info: RequestInfo
-    ) -> tuple[str, list[Any]]:
-        columns, params = self.prepare(values)
-        assignments = ", ".join(f"{column} = %s" for column in columns)
-        sql = (
-            f"UPDATE {self.table()} SET {assignments} "
-            f"WHERE {self.column('id')} = %s AND {self.column('expires_at')} < %s"
-        )
-        return sql, [*params, pk, self.param("expires_at", info.now)]
+    def select_params(self, info: RequestInfo) -> list[Any]:
+        return [self.connection.ops.adapt_datetimefield_value(info.now), info.scope, info.key]
 
 
 def _field(name: str) -> Field[Any, Any]:
     return cast("Field[Any, Any]", IdempotencyKey._meta.get_field(name))
 
 
-def _completed(record: IdempotencyKey) -> Claim:
+_STATEMENTS: dict[tuple[str, str], Statements] = {}
+
+
+def _statements(connection: BaseDatabaseWrapper, dialect: Dialect) -> Statements:
+    cache_key = (connection.alias, connection.vendor)
+    if cache_key not in _STATEMENTS:
+        quote = connection.ops.quote_name
+        table = quote(IdempotencyKey._meta.db_table)
+
+        def column(name: str) -> str:
+            return quote(cast(str, _field(name).column))
+
+        columns = ", ".join(column(name) for name in COLUMNS)
+        placeholders = ", ".join(["%s"] * len(COLUMNS))
+        assignments = ", ".join(f"{column(name)} = %s" for name in COLUMNS)
+        # A binary value needs "_binary %s" on MariaDB, or it warns about
+        # its character set; the body is never None when a response is stored.
+        body = connection.ops.binary_placeholder_sql(b"")  # type: ignore[call-arg,arg-type]
+        response = ", ".join(
+            f"{column(name)} = {body if name == 'body' else '%s'}"
+            for name in ("state", "status", "headers", "body", "completed_at", "expires_at")
+        )
+        statements = Statements(
+            table=table,
+            insert=f"INSERT INTO {table} ({columns}) VALUES ({placeholders})",
+            select=(
+                f"SELECT {', '.join(column(name) for name in RECORD_COLUMNS)},"
+                f" CASE WHEN {column('expires_at')} < %s THEN 1 ELSE 0 END"
+                f" FROM {table} WHERE {column('scope')} = %s AND {column('key')} = %s"
+            ),
+            update=(
+                f"UPDATE {table} SET {assignments}"
+                f" WHERE {column('id')} = %s AND {column('expires_at')} < %s"
+            ),
+            complete=(
+                f"UPDATE {table} SET {response} WHERE {column('id')} = %s"
+                f" AND {column('created_at')} = %s AND {column('state')} = %s"
+            ),
+        )
+        _STATEMENTS[cache_key] = dataclasses.replace(
+            statements,
+            claim=dialect.claim_sql(statements, column),
+            take_over=dialect.take_over_sql(statements),
+        )
+    return _STATEMENTS[cache_key]
+
+
+def _completed(record: Record) -> Claim:
     return Claim(
         Outcome.COMPLETED,
         fingerprint=record.fingerprint,
         response=StoredResponse(
             status=cast(int, record.status),
             headers=[(name, value) for name, value in record.headers or []],
-            body=bytes(record.body or b""),
+            body=record.body or b"",
         ),
     )
 
@@ -198,54 +295,70 @@ class Dialect(abc.ABC):
     """The claim and takeover statements, which differ by database."""
 
     @abc.abstractmethod
+    def claim_sql(self, sql: Statements, column: Callable[[str], str]) -> str: ...
+
+    def take_over_sql(self, sql: Statements) -> str:
+        return sql.update
+
+    @abc.abstractmethod
     def insert(
-        self,
-        store: DatabaseStore,
-        values: dict[str, Any],
-        info: RequestInfo,
-        lock_timeout: timedelta,
+        self, store: DatabaseStore, params: list[Any], info: RequestInfo, lock_timeout: timedelta
     ) -> Attempt: ...
 
     def take_over(
-        self, store: DatabaseStore, pk: int, values: dict[str, Any], info: RequestInfo
+        self, store: DatabaseStore, pk: int, params: list[Any], info: RequestInfo
     ) -> Attempt:
-        sql, params = store.update_sql(values, pk, info)
         with store.connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(store.sql.take_over, takeover_params(store, pk, params, info))
             return Attempt(CLAIMED if cursor.rowcount == 1 else GONE, pk)
 
 
+def takeover_params(
+    store: DatabaseStore, pk: int, params: list[Any], info: RequestInfo
+) -> list[Any]:
+    return [*params, pk, store.connection.ops.adapt_datetimefield_value(info.now)]
+
+
 class PostgreSQLDialect(Dialect):
-    def insert(
-        self,
-        store: DatabaseStore,
-        values: dict[str, Any],
-        info: RequestInfo,
-        lock_timeout: timedelta,
-    ) -> Attempt:
-        columns, params = store.prepare(values)
-        sql = (
+    def claim_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
+        # One statement answers every case: it takes the key's advisory lock,
+        # reads the committed record if there is one (all a replay needs),
+        # and inserts the claim only when it holds the lock and found no
+        # record, so that a replay neither attempts an insert nor burns an id.
+        return (
             "WITH claim AS ("
             " SELECT pg_try_advisory_xact_lock(%s) AS acquired,"
             " set_config('idle_in_transaction_session_timeout', %s, true)"
+            f"), existing AS ({sql.select}"
             "), inserted AS ("
-            f" INSERT INTO {store.table()} ({', '.join(columns)})"
-            f" SELECT {', '.join(['%s'] * len(params))} FROM claim WHERE claim.acquired"
-            f" ON CONFLICT ({store.column('scope')}, {store.column('key')}) DO NOTHING"
-            f" RETURNING {store.column('id')}"
-            ") SELECT claim.acquired, inserted.id FROM claim LEFT JOIN inserted ON true"
+            f" INSERT INTO {sql.table} ({', '.join(column(name) for name in COLUMNS)})"
+            f" SELECT {', '.join(['%s'] * len(COLUMNS))} FROM claim"
+            " WHERE claim.acquired AND NOT EXISTS (SELECT 1 FROM existing)"
+            f" ON CONFLICT ({column('scope')}, {column('key')}) DO NOTHING"
+            f" RETURNING {column('id')}"
+            f") SELECT claim.acquired, inserted.{column('id')}, existing.*"
+            " FROM claim LEFT JOIN inserted ON true LEFT JOIN existing ON true"
         )
+
+    def insert(
+        self, store: DatabaseStore, params: list[Any], info: RequestInfo, lock_timeout: timedelta
+    ) -> Attempt:
         # The setting is an int4 of milliseconds; the checks keep LOCK_TIMEOUT
         # within it, and the clamp keeps a skipped check from failing requests.
         idle_ms = str(min(max(1, int(lock_timeout / timedelta(milliseconds=1))), 2**31 - 1))
         with store.connection.cursor() as cursor:
-            cursor.execute(sql, [advisory_lock_id(info), idle_ms, *params])
-            acquired, pk = cursor.fetchone()
+            cursor.execute(
+                store.sql.claim,
+                [advisory_lock_id(info), idle_ms, *store.select_params(info), *params],
+            )
+            acquired, pk, *existing = cursor.fetchone()
         if pk is not None:
             return Attempt(CLAIMED, pk)
-        # Holding the lock, no other transaction can be writing this key: the
-        # conflict is a committed record, which may be taken over if expired.
-        return Attempt(EXISTS if acquired else SHARED)
+        # The committed record this statement's snapshot saw, if any. Holding
+        # the lock, no other transaction can be writing the key, so the record
+        # may be taken over if it has expired.
+        record = None if existing[0] is None else Record.from_row(tuple(existing))
+        return Attempt(EXISTS if acquired else SHARED, record=record)
 
 
 class MariaDBDialect(Dialect):
@@ -253,29 +366,33 @@ class MariaDBDialect(Dialect):
     # is in the way; 1205 (lock wait timeout, at once with a zero wait)
     # another transaction is writing the key.
     ERRORS = {1062: EXISTS, 1205: BUSY}
+    # InnoDB would wait 50 seconds for the lock of a key in flight; a
+    # duplicate must get its 409 at once.
+    NO_WAIT = "SET STATEMENT innodb_lock_wait_timeout=0 FOR "
+
+    def claim_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
+        return self.NO_WAIT + sql.insert
+
+    def take_over_sql(self, sql: Statements) -> str:
+        return self.NO_WAIT + sql.update
 
     def insert(
-        self,
-        store: DatabaseStore,
-        values: dict[str, Any],
-        info: RequestInfo,
-        lock_timeout: timedelta,
+        self, store: DatabaseStore, params: list[Any], info: RequestInfo, lock_timeout: timedelta
     ) -> Attempt:
-        sql, params = store.insert_sql(values)
-        return self._run(store, sql, params, pk=None)
+        return self._run(store, store.sql.claim, params, pk=None)
 
     def take_over(
-        self, store: DatabaseStore, pk: int, values: dict[str, Any], info: RequestInfo
+        self, store: DatabaseStore, pk: int, params: list[Any], info: RequestInfo
     ) -> Attempt:
-        sql, params = store.update_sql(values, pk, info)
-        return self._run(store, sql, params, pk=pk)
+        params = takeover_params(store, pk, params, info)
+        return self._run(store, store.sql.take_over, params, pk=pk)
 
     def _run(self, store: DatabaseStore, sql: str, params: list[Any], pk: int | None) -> Attempt:
         # InnoDB rolls back only the failed statement, so catching its error
         # leaves the transaction (and any savepoint around it) usable.
         try:
             with store.connection.cursor() as cursor:
-                cursor.execute(f"SET STATEMENT innodb_lock_wait_timeout=0 FOR {sql}", params)
+                cursor.execute(sql, params)
                 if pk is None:
                     return Attempt(CLAIMED, cursor.lastrowid)
                 return Attempt(CLAIMED if cursor.rowcount == 1 else GONE, pk)
@@ -291,18 +408,15 @@ class SQLiteDialect(Dialect):
     that can meet the lock: once it has run, this transaction holds the
     database's write lock, so a takeover after it never waits."""
 
+    def claim_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
+        return f"{sql.insert} ON CONFLICT ({column('scope')}, {column('key')}) DO NOTHING"
+
     def insert(
-        self,
-        store: DatabaseStore,
-        values: dict[str, Any],
-        info: RequestInfo,
-        lock_timeout: timedelta,
+        self, store: DatabaseStore, params: list[Any], info: RequestInfo, lock_timeout: timedelta
     ) -> Attempt:
-        sql, params = store.insert_sql(values)
-        sql += f" ON CONFLICT ({store.column('scope')}, {store.column('key')}) DO NOTHING"
         try:
             with store.connection.cursor() as cursor:
-                cursor.execute(sql, params)
+                cursor.execute(store.sql.claim, params)
                 if cursor.rowcount == 1:
                     return Attempt(CLAIMED, cursor.lastrowid)
                 return Attempt(EXISTS)
@@ -330,13 +444,16 @@ class UnsupportedDatabase(Exception):
     """The key table was placed on a database this package cannot claim on."""
 
 
+POSTGRESQL, MARIADB, SQLITE = PostgreSQLDialect(), MariaDBDialect(), SQLiteDialect()
+
+
 def dialect_for(connection: BaseDatabaseWrapper) -> Dialect:
     if connection.vendor == "postgresql":
-        return PostgreSQLDialect()
+        return POSTGRESQL
     if connection.vendor == "sqlite":
-        return SQLiteDialect()
+        return SQLITE
     if connection.vendor == "mysql" and connection.mysql_is_mariadb:  # type: ignore[attr-defined]
-        return MariaDBDialect()
+        return MARIADB
     if connection.vendor == "mysql":
         # MySQL has no SET STATEMENT, and its SET_VAR hint does not reach
         # innodb_lock_wait_timeout: a duplicate would wait 50 seconds for its
