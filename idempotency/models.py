@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from django.db import connections, models, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -39,31 +40,41 @@ class IdempotencyKeyQuerySet(models.QuerySet["IdempotencyKey"]):
     def purge_batches(self, batch_size: int = 1000, now: datetime | None = None) -> Iterator[int]:
         """Delete expired records in short batches, yielding each batch's count.
 
-        Each batch is its own short transaction, so the purge can run while
-        traffic flows and its memory is bounded by ``batch_size``. A batch
-        skips the rows another transaction has locked (an expired key being
-        taken over right now): waiting for them would hold the batch's other
-        deletions uncommitted, and stall new claims on those keys, for as long
-        as that request runs. Ids are selected first and deleted second
-        because MySQL refuses ``LIMIT`` inside an ``IN`` subquery; the delete
-        repeats the expiry test, so a record renewed in between survives.
+        Each batch is one ``DELETE`` in its own short transaction, so the
+        purge can run while traffic flows and its memory does not grow with
+        the table. A batch skips the rows another transaction has locked (an
+        expired key being taken over right now): waiting for them would hold
+        the batch's other deletions uncommitted, and stall new claims on
+        those keys, for as long as that request runs. The ``DELETE`` repeats
+        the expiry test on the rows it deletes, so a record renewed after the
+        batch was chosen survives.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be a positive integer.")
         cutoff = now or timezone.now()
-        expired = self.expired(cutoff).order_by()
-        features = connections[self.db].features
+        connection = connections[self.db]
+        chosen = (
+            self.expired(cutoff)
+            .order_by()
+            .select_for_update(skip_locked=connection.features.has_select_for_update_skip_locked)
+            .values_list("id", flat=True)[:batch_size]
+        )
+        delete = _delete_batch_sql(connection)
         while True:
             with transaction.atomic(using=self.db):
-                batch = expired.select_for_update(
-                    skip_locked=features.has_select_for_update_skip_locked
-                ).values_list("pk", flat=True)[:batch_size]
-                ids = list(batch)
-                if not ids:
-                    return
-                deleted, _ = expired.filter(pk__in=ids).delete()
-            yield deleted
-            if len(ids) < batch_size:
+                # The ORM writes the batch's SELECT, with this queryset's
+                # filters; the DELETE around it is one round trip that sends
+                # no ids back and forth.
+                select, params = chosen.query.get_compiler(using=self.db).as_sql()
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        delete.format(select=select),
+                        [*params, connection.ops.adapt_datetimefield_value(cutoff)],
+                    )
+                    deleted = cursor.rowcount
+            if deleted:
+                yield deleted
+            if deleted < batch_size:
                 return
 
     def purge(self, batch_size: int = 1000, now: datetime | None = None) -> int:
@@ -123,3 +134,27 @@ class IdempotencyKey(models.Model):
 
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at < now
+
+
+def _delete_batch_sql(connection: BaseDatabaseWrapper) -> str:
+    """``DELETE`` the rows that ``{select}`` chooses, if still expired."""
+    quote = connection.ops.quote_name
+    table = quote(IdempotencyKey._meta.db_table)
+    meta = IdempotencyKey._meta
+    pk = quote(cast(str, cast(models.Field, meta.pk).column))  # type: ignore[type-arg]
+    expires_at = quote(cast(str, cast(models.Field, meta.get_field("expires_at")).column))  # type: ignore[type-arg]
+    if connection.vendor == "mysql":
+        # MySQL and MariaDB refuse LIMIT in an IN subquery, but delete
+        # through a join with a derived table. STRAIGHT_JOIN makes the join
+        # start from the batch: starting from the table's expiry index would
+        # lock (and wait for) the rows the batch skipped.
+        return (
+            f"DELETE {table} FROM ({{select}}) AS batch STRAIGHT_JOIN {table}"
+            f" ON {table}.{pk} = batch.{pk} WHERE {table}.{expires_at} < %s"
+        )
+    if connection.vendor == "postgresql":
+        # ARRAY() runs the batch's SELECT once, before the DELETE looks up
+        # each id by primary key. With IN, the planner may hash-join the
+        # batch against a scan of the whole table, once per batch.
+        return f"DELETE FROM {table} WHERE {pk} = ANY(ARRAY({{select}})) AND {expires_at} < %s"
+    return f"DELETE FROM {table} WHERE {pk} IN ({{select}}) AND {expires_at} < %s"
