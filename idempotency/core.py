@@ -49,6 +49,10 @@ def protect(
         key = parse_key(raw_key)
     except InvalidKey:
         return problems.KEY_MALFORMED.response()
+    if not _content_length_is_a_number(request):
+        # Django cannot read such a body at all (DRF alone would read it as
+        # empty): the client must fix its framing, and nothing is claimed.
+        return problems.BODY_MALFORMED.response(reason="Content-Length is not a number.")
     try:
         fingerprint = _fingerprint(request, options)
     except RequestDataTooBig:
@@ -173,6 +177,14 @@ def replay(stored: StoredResponse) -> HttpResponse:
         response[name] = value
     response[REPLAYED_HEADER] = "true"
     return response
+
+
+def _content_length_is_a_number(request: Request) -> bool:
+    try:
+        int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return False
+    return True
 
 
 def _fingerprint(request: Request, options: Options) -> str:

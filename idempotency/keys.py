@@ -70,8 +70,12 @@ def default_scope(request: Request) -> str:
 
 
 def normalise_scope(scope: object) -> str:
-    """Fit whatever a scope callable returned into the indexed column."""
+    """Fit whatever a scope callable returned into the indexed column.
+
+    A scope too long for it, or with characters a database may refuse (NUL
+    in PostgreSQL text, lone surrogates in utf8mb4), is stored as its hash.
+    """
     text = str(scope)
-    if len(text) <= MAX_SCOPE_LENGTH:
+    if len(text) <= MAX_SCOPE_LENGTH and text.isprintable():
         return text
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -5,6 +5,7 @@ budget."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
 
@@ -152,6 +153,17 @@ class TestG4Scope:
         scope = IdempotencyKey.objects.get().scope
         assert scope.startswith("sha256:")
         assert len(scope) == len("sha256:") + 64
+
+    @pytest.mark.parametrize("tenant", ["a\x00b", "a\tb", "\x7f"])
+    def test_a_scope_a_database_could_refuse_is_hashed_into_the_column(self, client, tenant):
+        # PostgreSQL text cannot hold NUL: stored as it came, this was a 500.
+        headers = {"Idempotency-Key": "k", "X-Tenant": tenant}
+        assert client.post("/custom-scope/", {}, format="json", headers=headers).status_code == 201
+        retry = client.post("/custom-scope/", {}, format="json", headers=headers)
+        assert retry["Idempotent-Replayed"] == "true"
+        expected = hashlib.sha256(f"tenant:{tenant}".encode()).hexdigest()
+        assert IdempotencyKey.objects.get().scope == f"sha256:{expected}"
+        assert Execution.objects.count() == 1
 
     def test_anonymous_requests_share_the_anonymous_scope(self, db):
         key = new_key()

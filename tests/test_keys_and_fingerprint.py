@@ -56,6 +56,12 @@ def test_normalise_scope():
     assert normalise_scope("s" * 255) == "s" * 255
     long = "s" * 256
     assert normalise_scope(long) == "sha256:" + hashlib.sha256(long.encode()).hexdigest()
+    # Characters a database may refuse: NUL (PostgreSQL), a lone surrogate
+    # (utf8mb4, and any UTF-8 encoder), other control characters.
+    for scope in ["a\x00", "\udcff", "tab\there"]:
+        digest = hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()
+        assert normalise_scope(scope) == f"sha256:{digest}"
+    assert normalise_scope("user:42 caf\u00e9 \U0001f600") == "user:42 caf\u00e9 \U0001f600"
 
 
 factory = APIRequestFactory()
