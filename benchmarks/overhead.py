@@ -1,0 +1,150 @@
+"""What ``@idempotent`` costs per request: the example's charge handler
+undecorated, decorated (first execution) and decorated (replay), interleaved
+in one run, on each database.
+
+    python -m benchmarks.overhead [sqlite] [postgres] [mariadb] [--rounds N]
+
+Databases are named or given as URLs (default: all three, on 127.0.0.1).
+Each request goes through the project's whole WSGI application in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import uuid
+from typing import Any
+
+from . import common
+
+UNDECORATED = "/api/undecorated/charges/"
+DECORATED = "/api/charges/"
+KINDS = ("undecorated", "first", "replay")
+
+
+def body(number: int) -> bytes:
+    return json.dumps({"amount": 1, "description": f"charge {number}"}).encode()
+
+
+class Requests:
+    """The three kinds of request, each checked for the answer it must get."""
+
+    def __init__(self) -> None:
+        self.client = common.Client()
+        self.count = 0
+        self.done: list[tuple[str, bytes, bytes]] = []  # (key, body, response) to replay
+
+    def undecorated(self) -> None:
+        self.count += 1
+        status, _, _ = self.client.post(UNDECORATED, body(self.count))
+        common.check(status == 201, status)
+
+    def first(self) -> None:
+        self.count += 1
+        key, payload = str(uuid.uuid4()), body(self.count)
+        status, content, _ = self.client.post(DECORATED, payload, key)
+        common.check(status == 201, status)
+        self.done.append((key, payload, content))
+
+    def replay(self) -> None:
+        key, payload, content = random.choice(self.done)
+        status, replayed, headers = self.client.post(DECORATED, payload, key)
+        common.check(status == 201, status)
+        common.check(replayed == content, replayed, content)
+        common.check(headers.get("Idempotent-Replayed") == "true", headers)
+
+
+def measure(rounds: int) -> dict[str, Any]:
+    """Medians (ms) of each kind, interleaved in random order every round,
+    and the statements each kind sends."""
+    requests = Requests()
+    calls = {kind: getattr(requests, kind) for kind in KINDS}
+    requests.first()
+    statements = {}
+    for kind, call in calls.items():
+        with common.Statements.count() as counted:
+            call()
+        statements[kind] = {"other": counted.other, "control": counted.control, "sql": counted.sql}
+    for _ in range(min(rounds, 200)):  # warm-up
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    order = list(KINDS)
+    for _ in range(rounds):
+        random.shuffle(order)
+        for kind in order:
+            times[kind].append(common.timed(calls[kind]))
+    medians = {kind: common.median(values) for kind, values in times.items()}
+    return {"medians": medians, "statements": statements}
+
+
+def one(url: str, rounds: int) -> dict[str, Any]:
+    common.configure(url)
+    with common.scratch_database() as vendor:
+        result = measure(rounds)
+        result["vendor"] = vendor
+        result["server"] = common.server_version()
+    return result
+
+
+def report(results: list[dict[str, Any]], rounds: int) -> None:
+    rows = []
+    for result in results:
+        medians, statements = result["medians"], result["statements"]
+        base = medians["undecorated"]
+        rows.append(
+            [
+                result["server"],
+                *(f"{medians[kind]:.3f}" for kind in KINDS),
+                f"{medians['first'] / base:.2f}x",
+                f"{medians['replay'] / base:.2f}x",
+                *(
+                    f"{statements[kind]['other']} + {statements[kind]['control']}"
+                    for kind in KINDS
+                ),
+            ]
+        )
+    common.print_table(
+        f"Overhead of @idempotent, median ms per request over {rounds} interleaved rounds "
+        f"({common.machine()})",
+        [
+            "database",
+            "undecorated",
+            "first",
+            "replay",
+            "first/undec.",
+            "replay/undec.",
+            "stmts undec.",
+            "stmts first",
+            "stmts replay",
+        ],
+        rows,
+    )
+    print("Statements: other + transaction control (BEGIN/COMMIT/savepoints/autocommit).")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("databases", nargs="*", default=["sqlite", "postgres", "mariadb"])
+    parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--sql", action="store_true", help="also print each kind's statements")
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.rounds)))
+        return
+    results = common.run_per_database(
+        "benchmarks.overhead", common.database_urls(args.databases), "--rounds", str(args.rounds)
+    )
+    report(results, args.rounds)
+    if args.sql:
+        for result in results:
+            for kind in KINDS:
+                print(f"\n{result['server']}, {kind}:")
+                for sql in result["statements"][kind]["sql"]:
+                    print(f"  {sql[:160]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Whether the key table's size shows in a request's cost: first executions
+and replays with 10⁴ and 10⁶ stored records (``--rows`` for 10⁷).
+
+    python -m benchmarks.scale [postgres] [mariadb] [sqlite] [--rows N ...]
+
+Each size gets a fresh table, filled by the database itself with live
+completed records of other keys, then the interleaved measurement of
+``benchmarks.overhead``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from . import common
+from .overhead import measure
+
+
+def one(url: str, sizes: list[int], rounds: int) -> dict[str, Any]:
+    common.configure(url)
+    runs = []
+    for rows in sizes:
+        with common.scratch_database() as vendor:
+            common.fill_keys(rows, expired=False)
+            runs.append({"rows": rows, **measure(rounds)})
+            version = common.server_version()
+    return {"vendor": vendor, "server": version, "runs": runs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("databases", nargs="*", default=["postgres", "mariadb"])
+    parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--rounds", type=int, default=1000)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.rows, args.rounds)))
+        return
+    results = common.run_per_database(
+        "benchmarks.scale",
+        common.database_urls(args.databases),
+        *("--rows", *map(str, args.rows), "--rounds", str(args.rounds)),
+    )
+    rows = []
+    for result in results:
+        smallest = result["runs"][0]["medians"]
+        for run in result["runs"]:
+            medians = run["medians"]
+            rows.append(
+                [
+                    result["server"],
+                    f"{run['rows']:,}",
+                    f"{medians['first']:.3f}",
+                    f"{medians['replay']:.3f}",
+                    f"{medians['first'] / smallest['first']:.2f}",
+                    f"{medians['replay'] / smallest['replay']:.2f}",
+                ]
+            )
+    common.print_table(
+        f"Request cost by table size, median ms over {args.rounds} interleaved rounds "
+        f"({common.machine()})",
+        [
+            "database",
+            "stored records",
+            "first",
+            "replay",
+            "first vs smallest",
+            "replay vs smallest",
+        ],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()

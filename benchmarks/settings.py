@@ -1,0 +1,50 @@
+"""The example project, set up for measuring.
+
+The database comes from ``BENCH_DATABASE_URL`` and is a scratch database of
+its own (``idempotency_bench``, or a file in the temporary directory for
+SQLite), created and dropped by the benchmark. Authentication is a header
+naming the user, cached per process, so that a request costs what the view
+costs and not what PBKDF2 costs.
+"""
+
+import os
+import tempfile
+
+import dj_database_url
+
+from example_project.settings import *  # noqa: F403
+from example_project.settings import REST_FRAMEWORK
+
+DEBUG = False
+ROOT_URLCONF = "benchmarks.urls"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+REST_FRAMEWORK = {
+    **REST_FRAMEWORK,
+    "DEFAULT_AUTHENTICATION_CLASSES": ["benchmarks.auth.UserHeaderAuthentication"],
+}
+
+_url = os.environ.get("BENCH_DATABASE_URL", "sqlite://")
+_database = dict(dj_database_url.parse(_url, conn_max_age=600))
+if _database["ENGINE"] == "django.db.backends.sqlite3":
+    _database["NAME"] = os.path.join(tempfile.gettempdir(), "idempotency_bench.sqlite3")
+    # Several gunicorn workers write at once: a transaction that reads before
+    # it writes (as the charge does) would fail its lock upgrade at once with
+    # "database is locked". Django's advice for concurrent SQLite.
+    _database["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}
+else:
+    _database["NAME"] = "idempotency_bench"
+if _database["ENGINE"] == "django.db.backends.mysql":
+    _database["OPTIONS"] = {"charset": "utf8mb4"}
+    _database["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+# The benchmark creates and drops this database with Django's test-database
+# machinery, which works on TEST["NAME"].
+_database.setdefault("TEST", {})["NAME"] = _database["NAME"]
+DATABASES = {"default": _database}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # 409s and 422s are expected under load; only errors are news.
+    "loggers": {"django.request": {"handlers": ["console"], "level": "ERROR"}},
+}
