@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Callable
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.http import HttpResponse, UnreadablePostError
 from django.http.response import HttpResponseBase
 from django.utils import timezone
@@ -74,13 +74,25 @@ def protect(
         path=request.get_full_path(),
         now=timezone.now(),
     )
+    session = None
     try:
         with store.atomic():
+            session = store.session()
             claim = store.claim(info, settings.LOCK_TIMEOUT)
             if claim.outcome is Outcome.CLAIMED:
                 return _execute(request, call, options, store, claim)
     except _RolledBack as rolled_back:
         return rolled_back.response
+    except DatabaseError:
+        # Whatever the error's class (PostgreSQL reports a session ended for
+        # idling as an InternalError), what matters is whether the session
+        # survived it. If the database refused the connection, restarted or
+        # ended this session, whatever the handler did either committed with
+        # its stored response or vanished with the claim: a retry is safe.
+        # Errors on a live connection stay the 500 they are.
+        if store.session_alive(session):
+            raise
+        return problems.DATABASE_UNAVAILABLE.response()
     if claim.outcome is Outcome.IN_FLIGHT:
         return problems.IN_FLIGHT.response()
     if claim.fingerprint != info.fingerprint:

@@ -38,7 +38,7 @@ class Problem:
         response = HttpResponse(
             json.dumps(document), status=self.status, content_type=CONTENT_TYPE
         )
-        if self.status == 409:
+        if self.status in (409, 503):
             response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
 
@@ -88,4 +88,12 @@ RESPONSE_TOO_LARGE = Problem(
     "Response too large to store",
     "The response to this request was too large to store for replay, so the request was "
     "rolled back and had no effect. Please report this to the service operator.",
+)
+DATABASE_UNAVAILABLE = Problem(
+    "database-unavailable",
+    503,
+    "Database unavailable",
+    "The connection to the database failed while this request was processed. Its effects "
+    "and its stored response commit together or not at all, so retry with the same {header}: "
+    "the request then runs once, or its stored response is replayed.",
 )

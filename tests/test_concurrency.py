@@ -134,7 +134,9 @@ def test_g5_a_worker_that_loses_its_connection_frees_the_key_and_never_runs_twic
     assert "Idempotent-Replayed" not in retry
     held.release.set()
     (dead,) = first.join()
-    assert dead.status_code == 500  # its store statement found no connection
+    # Its store statement found no connection: the client is told to retry.
+    assert dead.status_code == 503
+    assert dead["Content-Type"] == "application/problem+json"
     assert executions(key) == 1
     assert send(user, key, url.replace(name, "none"))["Idempotent-Replayed"] == "true"
 
@@ -157,7 +159,8 @@ def test_g5_a_hung_worker_loses_its_claim_after_lock_timeout(user, gate, setting
     assert retry.status_code == 201
     held.release.set()
     (hung,) = first.join()
-    assert hung.status_code == 500
+    assert hung.status_code == 503
+    assert hung["Content-Type"] == "application/problem+json"
     assert executions(key) == 1
 
 

@@ -4,6 +4,7 @@ may be left half-written."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 from types import SimpleNamespace
@@ -38,24 +39,72 @@ def test_mysql_is_refused():
     )
 
 
+def assert_database_unavailable(response) -> None:
+    assert response.status_code == 503
+    assert response["Content-Type"] == "application/problem+json"
+    assert response["Retry-After"] == "1"
+    assert json.loads(response.content) == {
+        "type": "tag:django-idempotency,2026:database-unavailable",
+        "title": "Database unavailable",
+        "status": 503,
+        "detail": "The connection to the database failed while this request was processed. "
+        "Its effects and its stored response commit together or not at all, so retry with "
+        "the same Idempotency-Key: the request then runs once, or its stored response is "
+        "replayed.",
+    }
+
+
+# The statement before which the session ends: the claim, the handler's own
+# write, and the stored response.
+PHASES = {
+    "claim": lambda sql: IdempotencyKey._meta.db_table in sql and "UPDATE" not in sql,
+    "handler": lambda sql: Execution._meta.db_table in sql,
+    "store": lambda sql: IdempotencyKey._meta.db_table in sql and sql.startswith("UPDATE"),
+}
+
+
 @pytest.mark.server_db
 @pytest.mark.django_db(transaction=True)
-def test_a_connection_lost_at_the_claim_fails_the_request_and_runs_nothing(user):
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_connection_lost_mid_request_answers_503_and_runs_nothing(user, phase):
     session = backend_id()
+    killed = []
 
-    def kill_before_the_claim(execute, sql, params, many, context):
-        if IdempotencyKey._meta.db_table in sql:
+    def kill_before(execute, sql, params, many, context):
+        if not killed and PHASES[phase](sql):
+            killed.append(sql)
             in_another_thread(lambda: kill_session(session))
         return execute(sql, params, many, context)
 
     key = str(uuid.uuid4())
-    with connection.execute_wrapper(kill_before_the_claim):
+    with connection.execute_wrapper(kill_before):
         response = send(user, key)
-    assert response.status_code == 500
+    assert killed
+    assert_database_unavailable(response)
     connection.close()  # as Django does with an unusable connection between requests
     assert not Execution.objects.exists()
     assert not IdempotencyKey.objects.exists()
-    assert send(user, key).status_code == 201  # the key was never taken
+    retry = send(user, key)  # the key was never taken: it runs, once
+    assert retry.status_code == 201
+    assert "Idempotent-Replayed" not in retry
+    assert Execution.objects.count() == 1
+
+
+@pytest.mark.server_db
+@pytest.mark.django_db(transaction=True)
+def test_an_unreachable_database_answers_503(user):
+    key = str(uuid.uuid4())
+    connection.close()
+    port = connection.settings_dict["PORT"]
+    connection.settings_dict["PORT"] = "1"  # nothing listens there
+    try:
+        response = send(user, key)
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = port
+    assert_database_unavailable(response)
+    assert send(user, key).status_code == 201
+    assert Execution.objects.filter(key=key).count() == 1
 
 
 @pytest.mark.vendor("sqlite")

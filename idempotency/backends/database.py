@@ -144,6 +144,20 @@ class DatabaseStore:
     def atomic(self) -> transaction.Atomic:
         return transaction.atomic(using=self.alias)
 
+    def session(self) -> object:
+        """The driver's connection under Django's: the database session."""
+        return self.connection.connection
+
+    def session_alive(self, session: object) -> bool:
+        """Whether ``session`` survived an error. Django closes a connection
+        whose rollback failed, and leaving the atomic block may open a new
+        one at once: a lost session is a different connection, or none."""
+        return (
+            session is not None
+            and self.connection.connection is session
+            and self.connection.is_usable()
+        )
+
     def claim(self, info: RequestInfo, lock_timeout: timedelta) -> Claim:
         """Insert the in-flight record for ``info``, or report what holds the key.
 
