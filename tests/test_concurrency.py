@@ -7,12 +7,16 @@ execution is a committed ``Execution`` row, read back from the database.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from django.db import IntegrityError, OperationalError, connection, connections, transaction
 from django.utils import timezone
 
 from idempotency.models import IdempotencyKey
@@ -206,3 +210,107 @@ def test_the_purge_skips_a_record_being_taken_over(user, gate):
     assert list(IdempotencyKey.objects.values_list("key", "state")) == [
         (taken, IdempotencyKey.State.COMPLETED)
     ]
+
+
+def hold_lock_in_another_transaction(sql: str, params: list) -> Callable[[], None]:
+    """Run ``sql`` in a transaction of another connection and keep its locks
+    until the returned function is called (failing statements included: a
+    failed statement keeps the locks it took until the transaction ends)."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                with contextlib.suppress(IntegrityError):
+                    cursor.execute(sql, params)
+                holding.set()
+                release.wait(timeout=10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert holding.wait(timeout=10)
+
+    def end() -> None:
+        release.set()
+        thread.join(timeout=10)
+
+    return end
+
+
+def ending_after_the_first_refused_claim(end: Callable[[], None]):
+    """An execute wrapper that ends the other transaction once this
+    connection's claim has met its lock, as a short one would end by itself."""
+    refused = []
+
+    def wrapper(execute, sql, params, many, context):
+        try:
+            return execute(sql, params, many, context)
+        except OperationalError:
+            if not refused:
+                refused.append(sql)
+                end()
+            raise
+
+    return wrapper, refused
+
+
+TABLE = IdempotencyKey._meta.db_table
+# A replay's INSERT of an existing key: it fails, and keeps a shared next-key
+# lock on the record it met, which also covers the gap before that record.
+REPLAY_OF_M = (
+    f"INSERT INTO {TABLE} (scope, `key`, fingerprint, state, method, path, created_at,"
+    f" expires_at) SELECT scope, `key`, fingerprint, state, method, path, created_at,"
+    f" expires_at FROM {TABLE} WHERE `key` = 'm'"
+)
+
+
+@pytest.mark.vendor("mysql")
+def test_a_new_key_next_to_a_locked_gap_is_claimed_not_refused(user):
+    # A new key that sorts into the gap a replay has locked could not insert
+    # at once, and was answered 409 although nobody held it (the load harness
+    # met this). The claim now asks whether the key itself is locked, and
+    # tries again when it is not.
+    assert send(user, "m").status_code == 201
+    end = hold_lock_in_another_transaction(REPLAY_OF_M, [])
+    wrapper, refused = ending_after_the_first_refused_claim(end)
+    with connection.execute_wrapper(wrapper):
+        response = send(user, "l")  # sorts just before "m", into the locked gap
+    end()
+    assert refused, "the claim never met the gap lock"
+    assert response.status_code == 201
+    assert executions("l") == 1
+
+
+@pytest.mark.vendor("mysql")
+def test_a_gap_locked_through_every_attempt_answers_409(user):
+    # Bounded: a gap that stays locked through every attempt is answered as a
+    # key in flight, and the client's retry a second later claims it.
+    assert send(user, "m").status_code == 201
+    end = hold_lock_in_another_transaction(REPLAY_OF_M, [])
+    try:
+        assert send(user, "l").status_code == 409
+    finally:
+        end()
+    assert send(user, "l").status_code == 201
+    assert executions("l") == 1
+
+
+@pytest.mark.vendor("mysql")
+def test_a_record_whose_lock_ends_during_the_claim_is_replayed(user):
+    # Another transaction holds the completed record "m" (as a takeover or the
+    # purge would); the claim's insert cannot check it at once, but the record
+    # is committed and free by the time the claim looks at the key itself.
+    first = send(user, "m")
+    end = hold_lock_in_another_transaction(
+        f"SELECT id FROM {TABLE} WHERE `key` = 'm' FOR UPDATE", []
+    )
+    wrapper, refused = ending_after_the_first_refused_claim(end)
+    with connection.execute_wrapper(wrapper):
+        replay = send(user, "m")
+    end()
+    assert refused, "the claim never met the record's lock"
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
+    assert executions("m") == 1

@@ -128,6 +128,7 @@ class Statements:
     select: str  # RECORD_COLUMNS and the expiry test, by scope and key
     update: str  # SET COLUMNS, by id and expiry
     complete: str  # SET the response, by id, claim time and state
+    lock: str = ""  # MariaDB: a shared lock on the record of (scope, key), if any
     claim: str = ""  # the dialect's claim, built from the above
     take_over: str = ""  # the dialect's takeover, built from ``update``
 
@@ -284,6 +285,10 @@ def _statements(connection: BaseDatabaseWrapper, dialect: Dialect) -> Statements
                 f"UPDATE {table} SET {response} WHERE {column('id')} = %s"
                 f" AND {column('created_at')} = %s AND {column('state')} = %s"
             ),
+            lock=(
+                f"SELECT 1 FROM {table} WHERE {column('scope')} = %s AND {column('key')} = %s"
+                " LOCK IN SHARE MODE"
+            ),
         )
         _STATEMENTS[cache_key] = dataclasses.replace(
             statements,
@@ -384,6 +389,10 @@ class MariaDBDialect(Dialect):
     # duplicate must get its 409 at once.
     NO_WAIT = "SET STATEMENT innodb_lock_wait_timeout=0 FOR "
 
+    # A claim that meets a lock asks whether the lock is on its own key, and
+    # tries again while it is not, this many times in all.
+    ATTEMPTS = 3
+
     def claim_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
         return self.NO_WAIT + sql.insert
 
@@ -393,7 +402,25 @@ class MariaDBDialect(Dialect):
     def insert(
         self, store: DatabaseStore, params: list[Any], info: RequestInfo, lock_timeout: timedelta
     ) -> Attempt:
-        return self._run(store, store.sql.claim, params, pk=None)
+        for _ in range(self.ATTEMPTS):
+            attempt = self._run(store, store.sql.claim, params, pk=None)
+            if attempt.result != BUSY:
+                return attempt
+            # The lock that stopped the insert may not be on this key: a
+            # replay's failed insert holds a next-key lock on the record it
+            # met, which covers the gap before it, where this key may sort. A
+            # locking read of the key itself tells: it fails at once if a
+            # transaction is writing the key, finds a record committed
+            # meanwhile, or finds nothing, and then the gap was all.
+            try:
+                with store.connection.cursor() as cursor:
+                    cursor.execute(self.NO_WAIT + store.sql.lock, [info.scope, info.key])
+                    if cursor.fetchone() is not None:
+                        return Attempt(EXISTS)
+            except OperationalError as exc:
+                self._refusal(exc)  # raises anything but a lock wait
+                return attempt
+        return attempt
 
     def take_over(
         self, store: DatabaseStore, pk: int, params: list[Any], info: RequestInfo
@@ -411,10 +438,14 @@ class MariaDBDialect(Dialect):
                     return Attempt(CLAIMED, cursor.lastrowid)
                 return Attempt(CLAIMED if cursor.rowcount == 1 else GONE, pk)
         except (IntegrityError, OperationalError) as exc:
-            code = exc.args[0] if exc.args else None
-            if code not in self.ERRORS:
-                raise
-            return Attempt(self.ERRORS[code])
+            return Attempt(self._refusal(exc))
+
+    def _refusal(self, exc: IntegrityError | OperationalError) -> str:
+        """What an error of the claim's statements means, or the error again."""
+        code = exc.args[0] if exc.args else None
+        if code not in self.ERRORS:
+            raise exc
+        return self.ERRORS[code]
 
 
 class SQLiteDialect(Dialect):
