@@ -18,6 +18,7 @@ from datetime import timedelta
 import pytest
 from django.db import IntegrityError, OperationalError, connection, connections, transaction
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from idempotency.models import IdempotencyKey
 from tests.concurrency import (
@@ -80,6 +81,25 @@ def test_g1_simultaneous_duplicates_run_once(user):
                 if response.status_code == 201:
                     assert response["Idempotent-Replayed"] == "true"
                     assert response.content == originals[0].content
+
+
+def test_g1_anonymous_duplicates_run_once():
+    # Anonymous clients share one scope: simultaneous copies of one request
+    # with one key run once, whoever sends them.
+    def anonymous(key: str):
+        client = APIClient(raise_request_exception=False)
+        return client.post(
+            "/anonymous/", {"a": 1}, format="json", headers={"Idempotency-Key": key}
+        )
+
+    for _round in range(ROUNDS):
+        key = str(uuid.uuid4())
+        responses = Threads([lambda key=key: anonymous(key)] * DUPLICATES).join()
+        tally("anonymous duplicates released together", responses, executions(key))
+        assert executions(key) == 1
+        bodies = {r.content for r in responses if r.status_code == 201}
+        assert len(bodies) == 1
+        assert {r.status_code for r in responses} <= {201, 409}
 
 
 def test_a_duplicate_gets_a_prompt_409_then_the_replay(user, gate):

@@ -173,6 +173,20 @@ class TestG4Scope:
         assert retry.content == first.content
         assert IdempotencyKey.objects.get().scope == "anonymous"
 
+    def test_an_anonymous_key_is_bound_to_its_exact_request(self, user):
+        # The policy for anonymous clients: the key is a bearer secret, and
+        # what it can fetch is only the response to the very same request.
+        key = new_key()
+        post(APIClient(), key, {"order": 1}, url="/anonymous/")
+        other_body = post(APIClient(), key, {"order": 2}, url="/anonymous/")
+        assert other_body.status_code == 422
+        signed_in = APIClient()
+        signed_in.force_authenticate(user)
+        own = post(signed_in, key, {"order": 1}, url="/anonymous/")
+        assert own.status_code == 201  # a user's scope is never the anonymous one
+        assert "Idempotent-Replayed" not in own
+        assert Execution.objects.count() == 2
+
 
 @pytest.mark.django_db
 class TestAuthenticationComesFirst:
