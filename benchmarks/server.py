@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 HOST = "127.0.0.1"
 
@@ -40,9 +41,10 @@ def gunicorn(
     env: Mapping[str, str] | None = None,
     timeout: float = 30,
     extra: tuple[str, ...] = (),
+    log: Path | None = None,
 ) -> Iterator[Server]:
     """Serve ``benchmarks.wsgi`` with ``workers`` sync workers on a free port
-    of 127.0.0.1 until the block ends."""
+    of 127.0.0.1 until the block ends, logging to ``log`` if given."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -57,6 +59,7 @@ def gunicorn(
         ],
         env={**os.environ, **(env or {})},
         start_new_session=True,
+        stderr=log.open("ab") if log else None,
     )
     server = Server(port, process)
     try:

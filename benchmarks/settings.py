@@ -24,7 +24,7 @@ REST_FRAMEWORK = {
 }
 
 _url = os.environ.get("BENCH_DATABASE_URL", "sqlite://")
-_database = dict(dj_database_url.parse(_url, conn_max_age=600))
+_database = dict(dj_database_url.parse(_url, conn_max_age=600, conn_health_checks=True))
 if _database["ENGINE"] == "django.db.backends.sqlite3":
     _database["NAME"] = os.path.join(tempfile.gettempdir(), "idempotency_bench.sqlite3")
     # Several gunicorn workers write at once: a transaction that reads before
@@ -46,5 +46,17 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     # 409s and 422s are expected under load; only errors are news.
-    "loggers": {"django.request": {"handlers": ["console"], "level": "ERROR"}},
+    "loggers": {
+        "django.request": {
+            "handlers": ["console"],
+            # The load harness causes 503s on purpose, and counts them.
+            "level": os.environ.get("BENCH_REQUEST_LOG_LEVEL", "ERROR"),
+        }
+    },
 }
+
+if os.environ.get("BENCH_LOCK_TIMEOUT"):
+    # The load harness makes a killed worker's claim expire quickly.
+    IDEMPOTENCY = {**IDEMPOTENCY, "LOCK_TIMEOUT": float(os.environ["BENCH_LOCK_TIMEOUT"])}  # noqa: F405
+if os.environ.get("BENCH_DATABASE_NAME"):
+    _database["NAME"] = _database["TEST"]["NAME"] = os.environ["BENCH_DATABASE_NAME"]

@@ -57,7 +57,11 @@ TEMPLATES = [
 
 DATABASES = {
     "default": dj_database_url.config(
-        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=60
+        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=60,
+        # A persistent connection is checked before each request reuses it, so
+        # that a database restart costs no request on an idle worker.
+        conn_health_checks=True,
     )
 }
 
@@ -76,6 +80,10 @@ REST_FRAMEWORK = {
 
 # Seconds a charge holds its transaction open, to watch a duplicate's 409 by hand.
 EXAMPLE_CHARGE_DELAY = float(os.environ.get("EXAMPLE_CHARGE_DELAY", "0"))
+
+# A file whose presence holds charges described "hold" inside their
+# transaction; benchmarks/stress.py uses it to kill workers mid-handler.
+EXAMPLE_CHARGE_HOLD_FILE = os.environ.get("EXAMPLE_CHARGE_HOLD_FILE", "")
 
 # Every key is optional; these are the defaults except TTL.
 IDEMPOTENCY = {

@@ -1,4 +1,6 @@
+import os
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
@@ -44,11 +46,26 @@ def charge(request):
         delay = getattr(settings, "EXAMPLE_CHARGE_DELAY", 0)
         if delay:
             time.sleep(delay)
+        _hold_if_asked(created.description)
     return Response(
         {**ChargeSerializer(created).data, "balance": account.balance},
         status=status.HTTP_201_CREATED,
         headers={"Location": f"/api/charges/{created.pk}/"},
     )
+
+
+def _hold_if_asked(description: str) -> None:
+    """For the load harness (benchmarks/stress.py): a charge described "hold …"
+    waits inside its transaction while the file EXAMPLE_CHARGE_HOLD_FILE
+    exists (a minute at most), after writing its worker's pid next to it, so
+    that the harness can kill the worker, or the database, mid-handler."""
+    hold = getattr(settings, "EXAMPLE_CHARGE_HOLD_FILE", "")
+    if not hold or not description.startswith("hold "):
+        return
+    Path(f"{hold}.pid").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while os.path.exists(hold) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 class OrderViewSet(IdempotentMixin, viewsets.ModelViewSet):

@@ -1,0 +1,514 @@
+"""The load harness: CONTRACT section 3 under production conditions.
+
+gunicorn serves the example project with several worker processes on
+127.0.0.1; this process drives it over real HTTP and then checks the outcome
+against the database itself (charges per key, balances, records left in
+flight), not against the responses alone. Per database:
+
+1. duplicates: every key is fired many times at once (a barrier per key),
+   some keys by two users at once, while distinct keys are interleaved;
+2. a killed worker: SIGKILL to a worker holding a charge inside its
+   transaction, then the client's retry after LOCK_TIMEOUT;
+3. terminated sessions: the database ends every session of the server while
+   charges are held in flight and others arrive;
+4. (PostgreSQL) a restart of the database server under the same traffic;
+5. every key once more: each must answer 201 (a replay, or a first
+   execution for a key whose request never committed), never 409 or 5xx.
+
+    python -m benchmarks.stress [postgres] [mariadb]            # the full run
+    python -m benchmarks.stress postgres mariadb --quick        # CI's bounded run
+
+It restarts PostgreSQL (``pg_ctlcluster``), so it needs the rights to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.client import HTTPException
+from pathlib import Path
+from typing import Any
+
+from . import common, server
+
+CHARGES = "/api/charges/"
+USERS = ("bench", "bench2")
+BALANCE = 1_000_000_000
+LOCK_TIMEOUT = 3.0  # seconds: short, so a killed worker's claim expires soon
+DATABASE_NAME = "idempotency_stress"
+
+
+@dataclass
+class Answer:
+    user: str
+    key: str
+    amount: int
+    phase: str
+    status: int  # 0: no answer at all (the connection broke)
+    hold: bool = False
+    body: bytes = b""
+    replayed: bool = False
+    problem: str = ""
+
+
+@dataclass
+class Harness:
+    port: int
+    hold_file: Path
+    answers: list[Answer] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def charge(self, user: str, key: str, amount: int, phase: str, hold: bool = False) -> Answer:
+        # A retry sends the same payload, hold marker included.
+        payload = json.dumps({"amount": amount, "description": f"hold {key}" if hold else key})
+        headers = {"X-Bench-User": user, "Idempotency-Key": key}
+        try:
+            status, body, response_headers = server.post(
+                self.port, CHARGES, payload.encode(), headers, timeout=90
+            )
+        except (OSError, HTTPException):
+            answer = Answer(user, key, amount, phase, 0, hold)
+        else:
+            problem = ""
+            if response_headers.get("Content-Type") == "application/problem+json":
+                problem = json.loads(body)["type"].rsplit(":", 1)[-1]
+            answer = Answer(
+                user,
+                key,
+                amount,
+                phase,
+                status,
+                hold,
+                body,
+                response_headers.get("Idempotent-Replayed") == "true",
+                problem,
+            )
+        with self.lock:
+            self.answers.append(answer)
+        return answer
+
+    def at_once(self, calls: list[Callable[[], Any]]) -> None:
+        """Run ``calls`` in threads released together by one barrier."""
+        barrier = threading.Barrier(len(calls))
+
+        def run(call: Callable[[], Any]) -> None:
+            barrier.wait(timeout=60)
+            call()
+
+        threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+
+    # The phases.
+
+    def duplicates(self, keys: int, copies: int, distinct: int, concurrent_keys: int) -> None:
+        """Every key ``copies`` times at once; every fourth key by both users.
+        Meanwhile ``distinct`` keys are sent once each, interleaved."""
+        stop = threading.Event()
+        distinct_keys = [str(uuid.uuid4()) for _ in range(distinct)]
+
+        def interleave() -> None:
+            for key in distinct_keys:
+                self.charge(random.choice(USERS), key, random.randint(1, 9), "distinct")
+            stop.set()
+
+        background = threading.Thread(target=interleave)
+        background.start()
+
+        def burst(index: int) -> None:
+            key, amount = str(uuid.uuid4()), random.randint(1, 9)
+            users = USERS if index % 4 == 0 else USERS[:1]
+            senders = [users[n % len(users)] for n in range(copies)]
+            self.at_once(
+                [lambda user=user: self.charge(user, key, amount, "dup") for user in senders]
+            )
+
+        with ThreadPoolExecutor(concurrent_keys) as pool:
+            list(pool.map(burst, range(keys)))
+        background.join(timeout=600)
+
+    def hold(self, count: int, phase: str) -> list[threading.Thread]:
+        """Start ``count`` charges that stay inside their transaction until
+        the hold file goes; return once one is known to be held."""
+        self.hold_file.touch()
+        pid_file = Path(f"{self.hold_file}.pid")
+        pid_file.unlink(missing_ok=True)
+        threads = [
+            threading.Thread(
+                target=self.charge,
+                args=(USERS[0], str(uuid.uuid4()), random.randint(1, 9), phase, True),
+            )
+            for _ in range(count)
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while not pid_file.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("no charge reached its hold")
+            time.sleep(0.01)
+        time.sleep(0.2)  # let the others reach theirs too
+        return threads
+
+    def release(self, threads: list[threading.Thread]) -> None:
+        self.hold_file.unlink(missing_ok=True)
+        for thread in threads:
+            thread.join(timeout=120)
+
+    def killed_worker(self) -> tuple[int, Answer]:
+        """SIGKILL the worker holding a charge; the client retries after
+        LOCK_TIMEOUT, and its retry must run the charge, once."""
+        threads = self.hold(1, "kill")
+        pid = int(Path(f"{self.hold_file}.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        self.release(threads)
+        time.sleep(LOCK_TIMEOUT + 0.5)
+        killed = next(answer for answer in self.answers if answer.phase == "kill")
+        return pid, self.charge(killed.user, killed.key, killed.amount, "kill retry", True)
+
+    def under_traffic(self, trouble: Callable[[], None], phase: str, requests: int) -> None:
+        """Hold three charges in flight, send ``requests`` more from four
+        clients, and cause ``trouble`` in the middle of it."""
+        held = self.hold(3, phase)
+        pending = [(random.choice(USERS), str(uuid.uuid4())) for _ in range(requests)]
+        with ThreadPoolExecutor(4) as pool:
+            futures = [
+                pool.submit(self.charge, user, key, random.randint(1, 9), phase)
+                for user, key in pending
+            ]
+            time.sleep(0.3)
+            trouble()
+            for future in futures:
+                future.result(timeout=120)
+        self.release(held)
+
+    def every_key_again(self) -> None:
+        """The client's retry of every key, after LOCK_TIMEOUT."""
+        time.sleep(LOCK_TIMEOUT + 0.5)
+        latest: dict[tuple[str, str], Answer] = {}
+        for answer in self.answers:
+            latest[answer.user, answer.key] = answer
+        with ThreadPoolExecutor(4) as pool:
+            list(
+                pool.map(
+                    lambda answer: self.charge(
+                        answer.user, answer.key, answer.amount, "retry", answer.hold
+                    ),
+                    latest.values(),
+                )
+            )
+
+
+def terminate_sessions() -> int:
+    """End every session of the server's workers, from the database side."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return int(cursor.fetchone()[0])
+        cursor.execute(
+            "SELECT id FROM information_schema.processlist"
+            " WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+        )
+        sessions = [row[0] for row in cursor.fetchall()]
+        for session in sessions:
+            cursor.execute(f"KILL CONNECTION {int(session)}")
+        return len(sessions)
+
+
+def restart_postgresql() -> None:
+    from django.db import connection
+
+    connection.close()
+    version = os.listdir("/etc/postgresql")[0]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
+        check=True,
+    )
+
+
+def verify(answers: list[Answer]) -> dict[str, Any]:
+    """The outcome, from the database: charges per key and user, balances,
+    records left in flight; and the answers checked against it."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.db.models import Count, Sum
+
+    from example_project.wallet.models import Charge, Wallet
+    from idempotency.models import IdempotencyKey
+
+    connection.close()  # after a restart, a fresh connection
+    users = {
+        user.pk: user.username for user in get_user_model().objects.filter(username__in=USERS)
+    }
+    executions = Counter(
+        {
+            (users[row["wallet__user"]], row["description"].removeprefix("hold ")): row["n"]
+            for row in Charge.objects.values("wallet__user", "description").annotate(n=Count("id"))
+        }
+    )
+    amounts = {(answer.user, answer.key): answer.amount for answer in answers}
+    requested = set(amounts)
+    doubles = [pair for pair, n in executions.items() if n > 1]
+    unexecuted = [pair for pair in requested if not executions.get(pair)]
+    first_bodies: dict[tuple[str, str], bytes] = {}
+    wrong_replays = 0
+    for answer in answers:
+        if answer.status == 201 and not answer.replayed:
+            first_bodies.setdefault((answer.user, answer.key), answer.body)
+    for answer in answers:
+        pair = (answer.user, answer.key)
+        if answer.replayed and pair in first_bodies and answer.body != first_bodies[pair]:
+            wrong_replays += 1
+    # Isolation: every 201, first or replayed, shows a charge of its own user.
+    owners = dict(Charge.objects.values_list("id", "wallet__user"))
+    foreign = sum(
+        1
+        for answer in answers
+        if answer.status == 201 and users[owners[json.loads(answer.body)["id"]]] != answer.user
+    )
+    # What each phase may answer: in trouble, a 5xx (a 503 problem document
+    # from this package, or a 500 from code before it, such as authentication,
+    # that met the database down) or no answer from a killed worker.
+    allowed = {
+        "dup": {201, 409},
+        "distinct": {201},
+        "kill": {0},
+        "kill retry": {201},
+        "terminate": {0, 201, 409, 500, 503},
+        "restart": {0, 201, 409, 500, 503},
+        "retry": {201},
+    }
+    unexpected = Counter(
+        f"{a.phase}: {a.status} {a.problem}".strip()
+        for a in answers
+        if a.status not in allowed[a.phase]
+        or (a.status == 503 and a.problem != "database-unavailable")
+    )
+    balances_ok = True
+    for user_pk in users:
+        spent = Charge.objects.filter(wallet__user=user_pk).aggregate(total=Sum("amount"))
+        balance = Wallet.objects.get(user=user_pk).balance
+        balances_ok &= balance == BALANCE - (spent["total"] or 0)
+    expected_spent = sum(amounts.values())  # every key once, at the end
+    total_spent = Charge.objects.aggregate(total=Sum("amount"))["total"] or 0
+    stuck = IdempotencyKey.objects.filter(state=IdempotencyKey.State.IN_FLIGHT).count()
+    statuses = Counter(
+        f"{a.status}{' replay' if a.replayed else ''}{f' {a.problem}' if a.problem else ''}"
+        for a in answers
+    )
+    return {
+        "requests": len(answers),
+        "keys": len({answer.key for answer in answers}),
+        "executions": sum(n for pair, n in executions.items()),
+        "double_executions": len(doubles),
+        "unexecuted_keys": len(unexecuted),
+        "wrong_replays": wrong_replays,
+        "balances_exact": balances_ok,
+        "spent_matches_answers": total_spent == expected_spent,
+        "spent": [total_spent, expected_spent],
+        "foreign_responses": foreign,
+        "unexpected": dict(unexpected),
+        "server_errors": sum(1 for a in answers if a.status >= 500),
+        "problem_503": sum(1 for a in answers if a.problem == "database-unavailable"),
+        "no_answer": sum(1 for a in answers if a.status == 0),
+        "stuck_keys": stuck,
+        "statuses": dict(sorted(statuses.items())),
+    }
+
+
+def causes_of_500(log: str) -> dict[str, int]:
+    """For each 500 the server logged: the exception and the last frame of
+    the project's or this package's code it passed through."""
+    causes: Counter[str] = Counter()
+    for report in log.split("Internal Server Error: ")[1:]:
+        lines = report.splitlines()
+        frames = [line.strip() for line in lines if line.strip().startswith('File "')]
+        ours = [frame for frame in frames if "site-packages" not in frame] or frames[-1:]
+        error = next((line for line in reversed(lines) if "Error" in line.split(":")[0]), "?")
+        where = "through the package" if any("/idempotency/" in f for f in frames) else "before it"
+        causes[f"{where}: {error[:120]} <- {ours[-1] if ours else '?'}"] += 1
+    return dict(causes)
+
+
+def one(url: str, quick: bool, workers: int) -> dict[str, Any]:
+    os.environ["BENCH_LOCK_TIMEOUT"] = str(LOCK_TIMEOUT)
+    os.environ["BENCH_DATABASE_NAME"] = DATABASE_NAME
+    # The server's log is read afterwards for the cause of every 500.
+    os.environ["BENCH_REQUEST_LOG_LEVEL"] = "ERROR"
+    log = Path(tempfile.mkdtemp()) / "gunicorn.log"
+    hold_file = Path(tempfile.mkdtemp()) / "hold"
+    os.environ["EXAMPLE_CHARGE_HOLD_FILE"] = str(hold_file)
+    common.configure(url)
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    from example_project.wallet.models import Wallet
+
+    size = (
+        {"keys": 8, "copies": 20, "distinct": 40, "concurrent_keys": 2, "traffic": 30}
+        if quick
+        else {"keys": 120, "copies": 50, "distinct": 600, "concurrent_keys": 3, "traffic": 150}
+    )
+    events: dict[str, Any] = {}
+    started = time.monotonic()
+    with common.scratch_database(balance=BALANCE) as vendor:
+        second = get_user_model().objects.create_user(USERS[1], password=USERS[1])
+        Wallet.objects.create(user=second, balance=BALANCE)
+        version = common.server_version()
+        connection.close()
+        env = {
+            key: os.environ[key] for key in os.environ if key.startswith(("BENCH_", "EXAMPLE_"))
+        }
+        with server.gunicorn(workers, env=env, extra=("--timeout=120",), log=log) as served:
+            harness = Harness(served.port, hold_file)
+            harness.duplicates(
+                size["keys"], size["copies"], size["distinct"], size["concurrent_keys"]
+            )
+            events["killed_worker"], kill_retry = harness.killed_worker()
+            events["kill_retry"] = f"{kill_retry.status}{' replay' if kill_retry.replayed else ''}"
+            events["workers_after_kill"] = len(served.workers())
+            harness.under_traffic(
+                lambda: events.__setitem__("terminated_sessions", terminate_sessions()),
+                "terminate",
+                size["traffic"],
+            )
+            if vendor == "postgresql":
+                harness.under_traffic(restart_postgresql, "restart", size["traffic"])
+            connection.close()
+            harness.every_key_again()
+            result = verify(harness.answers)
+            result["retry_statuses"] = dict(
+                Counter(
+                    f"{a.status}{' replay' if a.replayed else ''}"
+                    for a in harness.answers
+                    if a.phase == "retry"
+                )
+            )
+        connection.close()
+    result["causes_of_500"] = causes_of_500(log.read_text(errors="replace"))
+    result.update(
+        vendor=vendor,
+        server=version,
+        workers=workers,
+        seconds=round(time.monotonic() - started, 1),
+        **events,
+    )
+    return result
+
+
+def failures(result: dict[str, Any]) -> list[str]:
+    """The pass conditions of the issue, for one database."""
+    problems = []
+    if result["double_executions"]:
+        problems.append(f"{result['double_executions']} keys executed twice")
+    if result["unexecuted_keys"]:
+        problems.append(f"{result['unexecuted_keys']} keys never executed")
+    if result["wrong_replays"]:
+        problems.append(f"{result['wrong_replays']} replays differ from the first response")
+    if not result["balances_exact"]:
+        problems.append("a balance does not match its user's charges")
+    if not result["spent_matches_answers"]:
+        problems.append(f"charged {result['spent'][0]} in all, not {result['spent'][1]}")
+    if result["stuck_keys"]:
+        problems.append(f"{result['stuck_keys']} keys left in flight")
+    if set(result["retry_statuses"]) - {"201", "201 replay"}:
+        problems.append(f"a final retry did not get 201: {result['retry_statuses']}")
+    if result["foreign_responses"]:
+        problems.append(f"{result['foreign_responses']} responses showed another user's charge")
+    if result["unexpected"]:
+        problems.append(f"unexpected answers: {result['unexpected']}")
+    through = sum(n for cause, n in result["causes_of_500"].items() if cause.startswith("through"))
+    if through:
+        problems.append(f"{through} 500s came through the package instead of a 503")
+    if result["kill_retry"] != "201":
+        problems.append(f"the retry of the killed charge got {result['kill_retry']}")
+    if result["workers_after_kill"] != result["workers"]:
+        problems.append("gunicorn did not replace the killed worker")
+    return problems
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("databases", nargs="*", default=["postgres", "mariadb"])
+    parser.add_argument("--quick", action="store_true", help="CI's bounded run")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.quick, args.workers)))
+        return
+    results = common.run_per_database(
+        "benchmarks.stress",
+        common.database_urls(args.databases),
+        *(["--quick"] if args.quick else []),
+        *("--workers", str(args.workers)),
+    )
+    rows = []
+    failed = []
+    for result in results:
+        rows.append(
+            [
+                result["server"],
+                result["requests"],
+                result["keys"],
+                result["workers"],
+                result["executions"],
+                result["double_executions"],
+                result["server_errors"],
+                result["no_answer"],
+                result["stuck_keys"],
+                f"{result['seconds']:.0f}",
+            ]
+        )
+        failed += [f"{result['server']}: {problem}" for problem in failures(result)]
+    common.print_table(
+        f"Load harness, {'bounded' if args.quick else 'full'} run ({common.machine()})",
+        [
+            "database",
+            "requests",
+            "keys",
+            "workers",
+            "executions",
+            "double executions",
+            "5xx",
+            "no answer",
+            "stuck keys",
+            "seconds",
+        ],
+        rows,
+    )
+    for result in results:
+        print(f"\n{result['server']}: {json.dumps(result['statuses'])}")
+        print(
+            f"  killed worker {result['killed_worker']}, its retry: {result['kill_retry']}; "
+            f"sessions terminated: "
+            f"{result['terminated_sessions']}; final retries: {result['retry_statuses']}"
+        )
+        for cause, count in result["causes_of_500"].items():
+            print(f"  500 x{count}: {cause}")
+    if failed:
+        raise SystemExit("\nFAILED:\n" + "\n".join(failed))
+    print("\nEvery pass condition holds.")
+
+
+if __name__ == "__main__":
+    main()
