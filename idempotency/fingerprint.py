@@ -19,10 +19,11 @@ def default_fingerprint(request: Request) -> str:
 
     JSON bodies are hashed in canonical form (sorted keys, no insignificant
     white space), so a client that re-serialises the same payload on retry is
-    not refused. Multipart bodies, and bodies too large for Django to hold in
+    not refused. Multipart bodies, and uploads too large for Django to hold in
     memory (``DATA_UPLOAD_MAX_MEMORY_SIZE``), are hashed from what DRF parsed:
     fields, and file contents read in chunks, because DRF streams uploads to
-    disk and the CSRF check may already have consumed the raw stream.
+    disk and the CSRF check may already have consumed the raw stream. Any
+    other body over that limit is refused (``RequestDataTooBig``, a 413).
     """
     django_request: HttpRequest = request._request
     method = django_request.method or ""
@@ -33,11 +34,18 @@ def default_fingerprint(request: Request) -> str:
         return digest.hexdigest()
     try:
         body = django_request.body
-    except (RawPostDataException, RequestDataTooBig):
+    except RawPostDataException:
         # Something read the stream before the handler (DRF's parser, when a
-        # permission class looked at request.data), or the body is too large
-        # to hold: hash what DRF parsed. For JSON that is the same canonical
-        # form as below; DRF's JSON parser refuses a body too large to hold.
+        # permission class looked at request.data): hash what DRF parsed. For
+        # JSON that is the same canonical form as below.
+        _update_with_parsed(digest, request.data, request.FILES)
+    except RequestDataTooBig:
+        # Too large for Django to hold in memory. Only an upload that DRF
+        # streams to disk may pass (files do not count against the limit, as
+        # in Django's own forms); any other body DRF would read into memory
+        # whatever the limit (DRF 3.15 does, for JSON), so it is refused.
+        if not request.FILES:
+            raise
         _update_with_parsed(digest, request.data, request.FILES)
     else:
         digest.update(_canonical_body(django_request.content_type or "", body))
