@@ -3,7 +3,9 @@ counting, bulk-filling the key table and printing a table."""
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
 import os
 import platform
 import statistics
@@ -204,28 +206,13 @@ def fill_keys(rows: int, expired: bool, chunk: int = 200_000) -> None:
     from django.db import connection, transaction
     from django.utils import timezone
 
+    from idempotency.backends.database import COLUMNS
     from idempotency.models import IdempotencyKey
 
     table = connection.ops.quote_name(IdempotencyKey._meta.db_table)
     now = timezone.now()
     expires = now - timedelta(days=1) if expired else now + timedelta(days=365)
-    columns = ", ".join(
-        connection.ops.quote_name(name)
-        for name in (
-            "scope",
-            "key",
-            "fingerprint",
-            "state",
-            "method",
-            "path",
-            "status",
-            "headers",
-            "body",
-            "created_at",
-            "completed_at",
-            "expires_at",
-        )
-    )
+    columns = ", ".join(connection.ops.quote_name(name) for name in COLUMNS)
     if connection.vendor == "postgresql":
         series = "generate_series(%s, %s) AS n"
         key = "'k' || n"
@@ -280,18 +267,37 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
     print(line)
 
 
-def run_per_database(module: str, urls: Sequence[str], *args: str) -> list[dict[str, Any]]:
-    """Run ``python -m module --one URL args`` once per database (Django's
-    settings are per process) and collect the JSON line each prints last."""
-    import json
-
+def command(
+    module: str,
+    doc: str,
+    databases: list[str],
+    options: Callable[[argparse.ArgumentParser], None],
+    one: Callable[[str, argparse.Namespace], dict[str, Any]],
+    report: Callable[[list[dict[str, Any]], argparse.Namespace], None],
+) -> None:
+    """The command line every script shares. Each database named (sqlite,
+    postgres, mariadb) or given as a URL is measured by a process of its own,
+    since Django's settings are per process: ``python -m module --one URL``
+    with the same options, which prints its result as JSON. ``report`` then
+    prints the table of all of them."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument(
+        "databases", nargs="*", default=databases, help="sqlite, postgres, mariadb or URLs"
+    )
+    options(parser)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args)))
+        return
+    forwarded = [arg for arg in sys.argv[1:] if arg not in args.databases]
     results = []
-    for url in urls:
+    for url in database_urls(args.databases):
         completed = subprocess.run(
-            [sys.executable, "-m", module, "--one", url, *args],
+            [sys.executable, "-m", module, "--one", url, *forwarded],
             check=True,
             stdout=subprocess.PIPE,
             text=True,
         )
         results.append(json.loads(completed.stdout.strip().splitlines()[-1]))
-    return results
+    report(results, args)

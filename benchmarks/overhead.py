@@ -88,7 +88,8 @@ def one(url: str, rounds: int) -> dict[str, Any]:
     return result
 
 
-def report(results: list[dict[str, Any]], rounds: int) -> None:
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    rounds = args.rounds
     rows = []
     for result in results:
         medians, statements = result["medians"], result["statements"]
@@ -122,28 +123,28 @@ def report(results: list[dict[str, Any]], rounds: int) -> None:
         rows,
     )
     print("Statements: other + transaction control (BEGIN/COMMIT/savepoints/autocommit).")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("databases", nargs="*", default=["sqlite", "postgres", "mariadb"])
-    parser.add_argument("--rounds", type=int, default=2000)
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--sql", action="store_true", help="also print each kind's statements")
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(one(args.one, args.rounds)))
-        return
-    results = common.run_per_database(
-        "benchmarks.overhead", common.database_urls(args.databases), "--rounds", str(args.rounds)
-    )
-    report(results, args.rounds)
     if args.sql:
         for result in results:
             for kind in KINDS:
                 print(f"\n{result['server']}, {kind}:")
                 for sql in result["statements"][kind]["sql"]:
                     print(f"  {sql[:160]}")
+
+
+def options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--sql", action="store_true", help="also print each kind's statements")
+
+
+def main() -> None:
+    common.command(
+        "benchmarks.overhead",
+        __doc__,
+        ["sqlite", "postgres", "mariadb"],
+        options,
+        lambda url, args: one(url, args.rounds),
+        report,
+    )
 
 
 if __name__ == "__main__":

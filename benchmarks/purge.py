@@ -10,7 +10,6 @@ The command runs as its own process, exactly as cron would run it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -79,21 +78,12 @@ def one(url: str, sizes: list[int], batch_size: int) -> dict[str, Any]:
     return {"vendor": vendor, "server": version, "runs": runs, "batch_size": batch_size}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("databases", nargs="*", default=["postgres", "mariadb"])
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(one(args.one, args.rows, args.batch_size)))
-        return
-    results = common.run_per_database(
-        "benchmarks.purge",
-        common.database_urls(args.databases),
-        *("--rows", *map(str, args.rows), "--batch-size", str(args.batch_size)),
-    )
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     rows = [
         [
             result["server"],
@@ -110,6 +100,17 @@ def main() -> None:
         f"purge_idempotency_keys --batch-size={args.batch_size} ({common.machine()})",
         ["database", "expired rows", "seconds", "rows/s", "peak RSS MB", "longest batch ms"],
         rows,
+    )
+
+
+def main() -> None:
+    common.command(
+        "benchmarks.purge",
+        __doc__,
+        ["postgres", "mariadb"],
+        options,
+        lambda url, args: one(url, args.rows, args.batch_size),
+        report,
     )
 
 

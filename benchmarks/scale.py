@@ -11,7 +11,6 @@ completed records of other keys, then the interleaved measurement of
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from . import common
@@ -29,21 +28,12 @@ def one(url: str, sizes: list[int], rounds: int) -> dict[str, Any]:
     return {"vendor": vendor, "server": version, "runs": runs}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("databases", nargs="*", default=["postgres", "mariadb"])
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 1_000_000])
     parser.add_argument("--rounds", type=int, default=1000)
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(one(args.one, args.rows, args.rounds)))
-        return
-    results = common.run_per_database(
-        "benchmarks.scale",
-        common.database_urls(args.databases),
-        *("--rows", *map(str, args.rows), "--rounds", str(args.rounds)),
-    )
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     rows = []
     for result in results:
         for run in result["runs"]:
@@ -78,6 +68,17 @@ def main() -> None:
         "The undecorated request, measured in the same rounds, does not touch the key "
         "table: the ratios show what the table's size adds, whatever the machine's speed "
         "during each run."
+    )
+
+
+def main() -> None:
+    common.command(
+        "benchmarks.scale",
+        __doc__,
+        ["postgres", "mariadb"],
+        options,
+        lambda url, args: one(url, args.rows, args.rounds),
+        report,
     )
 
 

@@ -446,22 +446,12 @@ def failures(result: dict[str, Any]) -> list[str]:
     return problems
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("databases", nargs="*", default=["postgres", "mariadb"])
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="CI's bounded run")
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(one(args.one, args.quick, args.workers)))
-        return
-    results = common.run_per_database(
-        "benchmarks.stress",
-        common.database_urls(args.databases),
-        *(["--quick"] if args.quick else []),
-        *("--workers", str(args.workers)),
-    )
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     rows = []
     failed = []
     for result in results:
@@ -508,6 +498,17 @@ def main() -> None:
     if failed:
         raise SystemExit("\nFAILED:\n" + "\n".join(failed))
     print("\nEvery pass condition holds.")
+
+
+def main() -> None:
+    common.command(
+        "benchmarks.stress",
+        __doc__,
+        ["postgres", "mariadb"],
+        options,
+        lambda url, args: one(url, args.quick, args.workers),
+        report,
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ workers, each sending one request at a time.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import random
 import time
@@ -76,23 +75,13 @@ def one(url: str, workers: int, seconds: float, rounds: int) -> dict[str, Any]:
     return {"vendor": vendor, "server": version, "rates": rates}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("databases", nargs="*", default=["sqlite", "postgres", "mariadb"])
+def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=5, help="length of one phase")
     parser.add_argument("--rounds", type=int, default=3, help="phases of each kind")
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(one(args.one, args.workers, args.seconds, args.rounds)))
-        return
-    results = common.run_per_database(
-        "benchmarks.throughput",
-        common.database_urls(args.databases),
-        *("--workers", str(args.workers), "--seconds", str(args.seconds)),
-        *("--rounds", str(args.rounds)),
-    )
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     rows = []
     for result in results:
         undecorated = common.median(result["rates"]["undecorated"])
@@ -110,6 +99,17 @@ def main() -> None:
         f"{args.rounds} phases of {args.seconds:g} s ({common.machine()})",
         ["database", "undecorated req/s", "decorated req/s", "decorated/undecorated"],
         rows,
+    )
+
+
+def main() -> None:
+    common.command(
+        "benchmarks.throughput",
+        __doc__,
+        ["sqlite", "postgres", "mariadb"],
+        options,
+        lambda url, args: one(url, args.workers, args.seconds, args.rounds),
+        report,
     )
 
 
