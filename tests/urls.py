@@ -22,6 +22,7 @@ urlpatterns = [
     path("other-database/", views.other_database),
     path("nested-atomic/", views.nested_atomic),
     path("peeking/", views.peeking),
+    path("stream-json/", views.stream_json),
     path("constant-a/", views.constant_a),
     path("constant-b/", views.constant_b),
     path("upload/<str:filename>", views.upload),

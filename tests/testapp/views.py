@@ -222,6 +222,13 @@ def peeking(request):
     return behave(request, "peeking")
 
 
+@api_view(["POST", "PUT", "PATCH", "DELETE"])
+@parser_classes([StreamJSONParser])
+@idempotent
+def stream_json(request):
+    return behave(request, "stream-json")
+
+
 @api_view(["POST"])
 @idempotent
 def taken_over(request):
