@@ -8,6 +8,7 @@ authentication, permissions and throttling always come before a replay.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
@@ -24,6 +25,8 @@ from .backends.database import DatabaseStore
 from .conf import settings
 from .keys import InvalidKey, normalise_scope, parse_key
 from .options import Options
+
+logger = logging.getLogger("idempotency")
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 _ACTIVE = "_idempotency_active"
@@ -76,8 +79,8 @@ def protect(
     )
     session = None
     try:
+        session = store.session()
         with store.atomic():
-            session = store.session()
             claim = store.claim(info, settings.LOCK_TIMEOUT)
             if claim.outcome is Outcome.CLAIMED:
                 return _execute(request, call, options, store, claim)
@@ -92,6 +95,12 @@ def protect(
         # Errors on a live connection stay the 500 they are.
         if store.session_alive(session):
             raise
+        logger.warning(
+            "Database session lost during %s %s; answered 503.",
+            request.method,
+            request.path,
+            exc_info=True,
+        )
         return problems.DATABASE_UNAVAILABLE.response()
     if claim.outcome is Outcome.IN_FLIGHT:
         return problems.IN_FLIGHT.response()

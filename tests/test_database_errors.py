@@ -4,13 +4,14 @@ may be left half-written."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -88,6 +89,31 @@ def test_a_connection_lost_mid_request_answers_503_and_runs_nothing(user, phase)
     assert retry.status_code == 201
     assert "Idempotent-Replayed" not in retry
     assert Execution.objects.count() == 1
+
+
+@pytest.mark.vendor("postgresql")
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("atomic_requests")
+def test_an_error_on_a_live_session_stays_a_500(user):
+    # Something before the package failed a statement in the request's
+    # transaction and carried on: PostgreSQL has aborted that transaction, so
+    # the package's first statement fails on a session that is alive. That is
+    # the application's error, a 500; a 503 would have the client retry in vain.
+    aborted = []
+
+    def abort_before_the_savepoint(execute, sql, params, many, context):
+        if not aborted and sql.startswith("SAVEPOINT"):
+            aborted.append(sql)
+            with contextlib.suppress(DatabaseError):
+                execute("SELECT 1 / 0", None, False, context)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(abort_before_the_savepoint):
+        response = send(user, str(uuid.uuid4()))
+    assert aborted
+    assert response.status_code == 500
+    assert response["Content-Type"] != "application/problem+json"
+    assert not Execution.objects.exists()
 
 
 @pytest.mark.server_db

@@ -146,17 +146,20 @@ class DatabaseStore:
         return transaction.atomic(using=self.alias)
 
     def session(self) -> object:
-        """The driver's connection under Django's: the database session."""
+        """The database session: the driver's connection under Django's,
+        opened now if need be (a refused connection raises here)."""
+        self.connection.ensure_connection()
         return self.connection.connection
 
     def session_alive(self, session: object) -> bool:
         """Whether ``session`` survived an error. Django closes a connection
         whose rollback failed, and leaving the atomic block may open a new
-        one at once: a lost session is a different connection, or none."""
+        one at once: a lost session is a different connection, or none, or
+        one its driver reports lost."""
         return (
             session is not None
             and self.connection.connection is session
-            and self.connection.is_usable()
+            and self.dialect.alive(self.connection)
         )
 
     def claim(self, info: RequestInfo, lock_timeout: timedelta) -> Claim:
@@ -319,6 +322,9 @@ class Dialect(abc.ABC):
     def take_over_sql(self, sql: Statements) -> str:
         return sql.update
 
+    def alive(self, connection: BaseDatabaseWrapper) -> bool:
+        return connection.is_usable()
+
     @abc.abstractmethod
     def insert(
         self, store: DatabaseStore, params: list[Any], info: RequestInfo, lock_timeout: timedelta
@@ -339,6 +345,14 @@ def takeover_params(
 
 
 class PostgreSQLDialect(Dialect):
+    def alive(self, connection: BaseDatabaseWrapper) -> bool:
+        # Not is_usable(): its SELECT 1 also fails on a live session whose
+        # transaction an earlier error aborted (an outer ATOMIC_REQUESTS
+        # block), which is the application's 500, not an outage. psycopg 3
+        # marks a lost connection closed and broken; psycopg 2 closed (2).
+        raw = connection.connection
+        return not raw.closed and not getattr(raw, "broken", False)
+
     def claim_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
         # One statement answers every case: it takes the key's advisory lock,
         # reads the committed record if there is one (all a replay needs),
