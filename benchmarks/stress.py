@@ -61,6 +61,7 @@ class Answer:
     body: bytes = b""
     replayed: bool = False
     problem: str = ""
+    location: str = ""
 
 
 @dataclass
@@ -69,6 +70,9 @@ class Harness:
     hold_file: Path
     answers: list[Answer] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Anything that went wrong in the client itself: a broken barrier, a
+    # thread still running after its time. The run fails on any.
+    errors: list[str] = field(default_factory=list)
 
     def charge(self, user: str, key: str, amount: int, phase: str, hold: bool = False) -> Answer:
         # A retry sends the same payload, hold marker included.
@@ -94,6 +98,7 @@ class Harness:
                 body,
                 response_headers.get("Idempotent-Replayed") == "true",
                 problem,
+                response_headers.get("Location", ""),
             )
         with self.lock:
             self.answers.append(answer)
@@ -104,14 +109,22 @@ class Harness:
         barrier = threading.Barrier(len(calls))
 
         def run(call: Callable[[], Any]) -> None:
-            barrier.wait(timeout=60)
-            call()
+            try:
+                barrier.wait(timeout=60)
+                call()
+            except Exception as exc:  # reported, and fails the run
+                self.errors.append(repr(exc))
 
         threads = [threading.Thread(target=run, args=(call,)) for call in calls]
         for thread in threads:
             thread.start()
+        self.join(threads)
+
+    def join(self, threads: list[threading.Thread]) -> None:
         for thread in threads:
             thread.join(timeout=120)
+            if thread.is_alive():
+                self.errors.append(f"{thread.name} still running after 120 s")
 
     # The phases.
 
@@ -140,6 +153,8 @@ class Harness:
         with ThreadPoolExecutor(concurrent_keys) as pool:
             list(pool.map(burst, range(keys)))
         background.join(timeout=600)
+        if background.is_alive():
+            self.errors.append("the distinct keys were still being sent after 600 s")
 
     def hold(self, count: int, phase: str) -> list[threading.Thread]:
         """Start ``count`` charges that stay inside their transaction until
@@ -166,8 +181,7 @@ class Harness:
 
     def release(self, threads: list[threading.Thread]) -> None:
         self.hold_file.unlink(missing_ok=True)
-        for thread in threads:
-            thread.join(timeout=120)
+        self.join(threads)
 
     def killed_worker(self) -> tuple[int, Answer]:
         """SIGKILL the worker holding a charge; the client retries after
@@ -234,15 +248,33 @@ def terminate_sessions() -> int:
         return len(sessions)
 
 
-def restart_postgresql() -> None:
+def postgresql_started() -> tuple[str, str]:
+    """The server's start time and its data directory."""
     from django.db import connection
 
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_postmaster_start_time()::text, current_setting('data_directory')"
+        )
+        started, directory = cursor.fetchone()
+    return started, directory
+
+
+def restart_postgresql() -> None:
+    """Restart the cluster serving the scratch database (Debian's layout:
+    /var/lib/postgresql/<version>/<cluster>), and prove it restarted."""
+    from django.db import connection
+
+    before, directory = postgresql_started()
+    version, cluster = directory.rstrip("/").split("/")[-2:]
     connection.close()
-    version = os.listdir("/etc/postgresql")[0]
     subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "restart", "-m", "fast"],
         check=True,
     )
+    connection.close()
+    if postgresql_started()[0] == before:
+        raise RuntimeError("PostgreSQL did not restart")
 
 
 def verify(answers: list[Answer]) -> dict[str, Any]:
@@ -250,7 +282,7 @@ def verify(answers: list[Answer]) -> dict[str, Any]:
     records left in flight; and the answers checked against it."""
     from django.contrib.auth import get_user_model
     from django.db import connection
-    from django.db.models import Count, Sum
+    from django.db.models import Sum
 
     from example_project.wallet.models import Charge, Wallet
     from idempotency.models import IdempotencyKey
@@ -259,32 +291,35 @@ def verify(answers: list[Answer]) -> dict[str, Any]:
     users = {
         user.pk: user.username for user in get_user_model().objects.filter(username__in=USERS)
     }
-    executions = Counter(
-        {
-            (users[row["wallet__user"]], row["description"].removeprefix("hold ")): row["n"]
-            for row in Charge.objects.values("wallet__user", "description").annotate(n=Count("id"))
-        }
-    )
+    executions: Counter[tuple[str, str]] = Counter()
+    charge_of: dict[tuple[str, str], tuple[int, int]] = {}
+    for pk, user_pk, description, amount in Charge.objects.values_list(
+        "id", "wallet__user", "description", "amount"
+    ):
+        pair = (users[user_pk], description.removeprefix("hold "))
+        executions[pair] += 1
+        charge_of[pair] = (pk, amount)
     amounts = {(answer.user, answer.key): answer.amount for answer in answers}
     requested = set(amounts)
     doubles = [pair for pair, n in executions.items() if n > 1]
     unexecuted = [pair for pair in requested if not executions.get(pair)]
-    first_bodies: dict[tuple[str, str], bytes] = {}
-    wrong_replays = 0
+    # Every 201, first or replayed, shows the one charge of its own user and
+    # key, with its amount; and all 201s of a (user, key) are byte-identical,
+    # Location included, whether or not the first one reached its client.
+    seen: dict[tuple[str, str], tuple[bytes, str]] = {}
+    wrong_replays = foreign = 0
     for answer in answers:
-        if answer.status == 201 and not answer.replayed:
-            first_bodies.setdefault((answer.user, answer.key), answer.body)
-    for answer in answers:
+        if answer.status != 201:
+            continue
         pair = (answer.user, answer.key)
-        if answer.replayed and pair in first_bodies and answer.body != first_bodies[pair]:
+        shown = json.loads(answer.body)
+        if (shown["id"], shown["amount"]) != charge_of.get(pair):
+            foreign += 1
+        if seen.setdefault(pair, (answer.body, answer.location)) != (
+            answer.body,
+            answer.location,
+        ):
             wrong_replays += 1
-    # Isolation: every 201, first or replayed, shows a charge of its own user.
-    owners = dict(Charge.objects.values_list("id", "wallet__user"))
-    foreign = sum(
-        1
-        for answer in answers
-        if answer.status == 201 and users[owners[json.loads(answer.body)["id"]]] != answer.user
-    )
     # What each phase may answer: in trouble, a 5xx (a 503 problem document
     # from this package, or a 500 from code before it, such as authentication,
     # that met the database down) or no answer from a killed worker.
@@ -396,6 +431,10 @@ def one(url: str, quick: bool, workers: int) -> dict[str, Any]:
             connection.close()
             harness.every_key_again()
             result = verify(harness.answers)
+            result["client_errors"] = harness.errors
+            result["unavailable_by_phase"] = dict(
+                Counter(a.phase for a in harness.answers if a.problem == "database-unavailable")
+            )
             result["retry_statuses"] = dict(
                 Counter(
                     f"{a.status}{' replay' if a.replayed else ''}"
@@ -433,12 +472,21 @@ def failures(result: dict[str, Any]) -> list[str]:
     if set(result["retry_statuses"]) - {"201", "201 replay"}:
         problems.append(f"a final retry did not get 201: {result['retry_statuses']}")
     if result["foreign_responses"]:
-        problems.append(f"{result['foreign_responses']} responses showed another user's charge")
+        problems.append(f"{result['foreign_responses']} 201s showed another charge than their own")
     if result["unexpected"]:
         problems.append(f"unexpected answers: {result['unexpected']}")
     through = sum(n for cause, n in result["causes_of_500"].items() if cause.startswith("through"))
     if through:
         problems.append(f"{through} 500s came through the package instead of a 503")
+    if result["client_errors"]:
+        problems.append(f"the client itself failed: {result['client_errors'][:5]}")
+    # Each kind of trouble must have happened, and been answered with 503s.
+    if not result["terminated_sessions"]:
+        problems.append("no database session was terminated")
+    troubles = ["terminate", "restart"] if result["vendor"] == "postgresql" else ["terminate"]
+    for phase in troubles:
+        if not result["unavailable_by_phase"].get(phase):
+            problems.append(f"no request met the database trouble of phase {phase!r}")
     if result["kill_retry"] != "201":
         problems.append(f"the retry of the killed charge got {result['kill_retry']}")
     if result["workers_after_kill"] != result["workers"]:
