@@ -265,9 +265,7 @@ def _statements(connection: BaseDatabaseWrapper, dialect: Dialect) -> Statements
         columns = ", ".join(column(name) for name in COLUMNS)
         placeholders = ", ".join(["%s"] * len(COLUMNS))
         assignments = ", ".join(f"{column(name)} = %s" for name in COLUMNS)
-        # A binary value needs "_binary %s" on MariaDB, or it warns about
-        # its character set; the body is never None when a response is stored.
-        body = connection.ops.binary_placeholder_sql(b"")  # type: ignore[call-arg,arg-type]
+        body = dialect.BINARY_PLACEHOLDER
         response = ", ".join(
             f"{column(name)} = {body if name == 'body' else '%s'}"
             for name in ("state", "status", "headers", "body", "completed_at", "expires_at")
@@ -315,6 +313,10 @@ def _completed(record: Record) -> Claim:
 
 class Dialect(abc.ABC):
     """The claim and takeover statements, which differ by database."""
+
+    # How a bytes parameter is written in SQL (Django's own
+    # binary_placeholder_sql() changed its signature in Django 6.0).
+    BINARY_PLACEHOLDER = "%s"
 
     @abc.abstractmethod
     def claim_sql(self, sql: Statements, column: Callable[[str], str]) -> str: ...
@@ -402,6 +404,9 @@ class MariaDBDialect(Dialect):
     # InnoDB would wait 50 seconds for the lock of a key in flight; a
     # duplicate must get its 409 at once.
     NO_WAIT = "SET STATEMENT innodb_lock_wait_timeout=0 FOR "
+    # Without the introducer MariaDB checks the bytes against the connection's
+    # character set, and warns.
+    BINARY_PLACEHOLDER = "_binary %s"
 
     # A claim that meets a lock asks whether the lock is on its own key, and
     # tries again while it is not, this many times in all.
