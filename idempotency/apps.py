@@ -9,7 +9,8 @@ class IdempotencyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from .checks import check_database, check_settings
+        from .checks import check_database, check_redis, check_settings
 
         checks.register(check_settings)
+        checks.register(check_redis, checks.Tags.caches)
         checks.register(check_database, checks.Tags.database)

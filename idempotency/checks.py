@@ -4,6 +4,7 @@ request. Each message has a stable id, listed in README.rst."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from datetime import timedelta
@@ -13,11 +14,12 @@ from django.apps import AppConfig
 from django.conf import settings as django_settings
 from django.core import checks
 from django.db import connections
+from django.urls import get_resolver
 from django.utils.module_loading import import_string
 
 from .backends.database import UnsupportedDatabase, dialect_for
-from .conf import DEFAULTS, NEVER_REPLAYED, as_timedelta, settings
-from .options import LONGEST_LOCK_TIMEOUT, LONGEST_TTL
+from .conf import BACKENDS, DEFAULTS, NEVER_REPLAYED, as_timedelta, settings, user_settings
+from .options import LONGEST_LOCK_TIMEOUT, LONGEST_TTL, REDIS_BACKEND_VIEWS
 
 HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 
@@ -185,6 +187,130 @@ def check_database(
     return []
 
 
+def _redis(value: Any) -> list[checks.CheckMessage]:
+    if value is None:
+        return []
+    caches = getattr(django_settings, "CACHES", {})
+    if not isinstance(value, str) or value not in caches:
+        return _error(
+            "REDIS",
+            f"names {value!r}, which is not in settings.CACHES.",
+            "Name the alias of a django-redis cache, for example: CACHES = {'idempotency': "
+            "{'BACKEND': 'django_redis.cache.RedisCache', 'LOCATION': 'redis://127.0.0.1:6379/1'}}.",
+            "idempotency.E016",
+        )
+    backend = str(caches[value].get("BACKEND", ""))
+    if backend in LOCAL_CACHES:
+        return _error(
+            "REDIS",
+            f"names the {value!r} cache, a {backend.rsplit('.', 2)[-2]} cache, which each "
+            "process keeps for itself (or not at all): duplicates reaching two processes "
+            "would both run.",
+            "Use a django-redis cache (BACKEND 'django_redis.cache.RedisCache') that every "
+            "server process shares.",
+            "idempotency.E017",
+        )
+    try:
+        from django_redis.cache import RedisCache
+        from django_redis.client import ShardClient
+    except ImportError:
+        return _error(
+            "REDIS",
+            "needs django-redis, which is not installed.",
+            "pip install 'django-idempotency[redis]'",
+            "idempotency.E018",
+        )
+    try:
+        cache_class = import_string(backend)
+        client_class = import_string(
+            caches[value]
+            .get("OPTIONS", {})
+            .get("CLIENT_CLASS", "django_redis.client.DefaultClient")
+        )
+    except ImportError:
+        cache_class = client_class = None
+    if not (isinstance(cache_class, type) and issubclass(cache_class, RedisCache)):
+        return _error(
+            "REDIS",
+            f"names the {value!r} cache, whose BACKEND {backend!r} is not django-redis's.",
+            "Use BACKEND 'django_redis.cache.RedisCache'; Django's own "
+            "django.core.cache.backends.redis.RedisCache has no raw connection to share.",
+            "idempotency.E019",
+        )
+    if isinstance(client_class, type) and issubclass(client_class, ShardClient):
+        return _error(
+            "REDIS",
+            f"names the {value!r} cache, whose ShardClient gives no single connection.",
+            "Use the DefaultClient (one primary, optional replicas) or the SentinelClient.",
+            "idempotency.E019",
+        )
+    return []
+
+
+def _backend(value: Any) -> list[checks.CheckMessage]:
+    if value in BACKENDS:
+        return []
+    return _error(
+        "BACKEND",
+        'must be "database" or "redis".',
+        'The default is "database": records commit with the handler\'s database effects.',
+        "idempotency.E015",
+    )
+
+
+def _key_prefix(value: Any) -> list[checks.CheckMessage]:
+    if isinstance(value, str) and value and value.isprintable() and " " not in value:
+        return []
+    return _error(
+        "REDIS_KEY_PREFIX",
+        "must be a non-empty string without spaces.",
+        'The default is "idempotency".',
+        "idempotency.E022",
+    )
+
+
+def check_redis(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Views that keep their records in Redis need ``IDEMPOTENCY["REDIS"]``."""
+    value = user_settings()
+    if value.get("REDIS") is not None:
+        return (
+            [
+                checks.Warning(
+                    "IDEMPOTENCY['REDIS_FAIL_OPEN'] is on: while Redis is unreachable, "
+                    'views with backend="redis" run every request, duplicates included.',
+                    hint="Turn it off unless running a duplicate is better than a 503 for "
+                    "those views.",
+                    id="idempotency.W001",
+                )
+            ]
+            if value.get("REDIS_FAIL_OPEN") is True
+            else []
+        )
+    users = []
+    if value.get("BACKEND") == "redis":
+        users.append('IDEMPOTENCY["BACKEND"]')
+    # The decorators register their views as the URLconf is imported; import
+    # it here, since the order of system checks is not fixed. Its own errors
+    # are Django's URL checks' to report.
+    with contextlib.suppress(Exception):
+        get_resolver().url_patterns  # noqa: B018
+    users.extend(sorted(REDIS_BACKEND_VIEWS))
+    if not users:
+        return []
+    return [
+        checks.Error(
+            'backend="redis" is chosen by '
+            + ", ".join(users)
+            + ', but IDEMPOTENCY["REDIS"] names no django-redis cache.',
+            hint='Set IDEMPOTENCY["REDIS"] to the alias of a django-redis cache in '
+            "settings.CACHES.",
+            id="idempotency.E021",
+        )
+    ]
+
+
 VALUE_CHECKS = {
     "HEADER": _header,
     "TTL": _duration("TTL", "idempotency.E004", LONGEST_TTL, "100 years"),
@@ -196,4 +322,17 @@ VALUE_CHECKS = {
     "STORE_SERVER_ERRORS": _boolean("STORE_SERVER_ERRORS", "idempotency.E011"),
     "MAX_RESPONSE_BYTES": _max_response_bytes,
     "DATABASE": _database,
+    "BACKEND": _backend,
+    "REDIS": _redis,
+    "REDIS_ACCELERATOR": _boolean("REDIS_ACCELERATOR", "idempotency.E020"),
+    "REDIS_KEY_PREFIX": _key_prefix,
+    "REDIS_FAIL_OPEN": _boolean("REDIS_FAIL_OPEN", "idempotency.E023"),
 }
+
+# Caches that live in one process, or nowhere.
+LOCAL_CACHES = frozenset(
+    {
+        "django.core.cache.backends.locmem.LocMemCache",
+        "django.core.cache.backends.dummy.DummyCache",
+    }
+)

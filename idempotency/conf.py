@@ -28,7 +28,18 @@ DEFAULTS: dict[str, Any] = {
     "STORE_SERVER_ERRORS": False,
     "MAX_RESPONSE_BYTES": 1024 * 1024,
     "DATABASE": "default",
+    # Where records live unless a view says otherwise: "database" or "redis".
+    "BACKEND": "database",
+    # The alias of a django-redis cache in settings.CACHES. Setting it puts
+    # Redis in front of the database store (REDIS_ACCELERATOR) and gives
+    # views with backend="redis" their store.
+    "REDIS": None,
+    "REDIS_ACCELERATOR": True,
+    "REDIS_KEY_PREFIX": "idempotency",
+    "REDIS_FAIL_OPEN": False,
 }
+
+BACKENDS = ("database", "redis")
 
 # Headers that belong to one client session. They are refused by the system
 # checks and dropped again at run time, so a replay can never hand one
@@ -111,6 +122,27 @@ class Settings:
     @property
     def DATABASE(self) -> str:
         return str(self._get("DATABASE"))
+
+    @property
+    def BACKEND(self) -> str:
+        return str(self._get("BACKEND"))
+
+    @property
+    def REDIS(self) -> str | None:
+        alias = self._get("REDIS")
+        return None if alias is None else str(alias)
+
+    @property
+    def REDIS_ACCELERATOR(self) -> bool:
+        return bool(self._get("REDIS_ACCELERATOR"))
+
+    @property
+    def REDIS_KEY_PREFIX(self) -> str:
+        return str(self._get("REDIS_KEY_PREFIX"))
+
+    @property
+    def REDIS_FAIL_OPEN(self) -> bool:
+        return bool(self._get("REDIS_FAIL_OPEN"))
 
 
 settings = Settings()

@@ -19,7 +19,9 @@ from django.utils import timezone
 from rest_framework.exceptions import ParseError
 from rest_framework.request import Request
 
+from . import accelerator as accelerators
 from . import problems
+from .backends import redis
 from .backends.base import Claim, Outcome, RequestInfo, StoredResponse
 from .backends.database import DatabaseStore
 from .conf import settings
@@ -68,7 +70,6 @@ def protect(
         # client's fault, and nothing is claimed yet.
         return problems.BODY_MALFORMED.response(reason=str(exc) or type(exc).__name__)
     setattr(request, _ACTIVE, True)
-    store = DatabaseStore(settings.DATABASE)
     info = RequestInfo(
         scope=normalise_scope(options.get_scope()(request)),
         key=key,
@@ -77,13 +78,31 @@ def protect(
         path=request.get_full_path(),
         now=timezone.now(),
     )
+    if options.get_backend() == "redis":
+        return _protect_in_redis(request, call, options, info)
+    return _protect_in_database(request, call, options, info)
+
+
+def _protect_in_database(
+    request: Request, call: Callable[[], HttpResponseBase], options: Options, info: RequestInfo
+) -> HttpResponseBase:
+    """The handler runs in the claim's transaction: its effects and its
+    stored response commit together or not at all (CONTRACT G2)."""
+    store = DatabaseStore(settings.DATABASE)
+    accelerator = accelerators.for_database(store.alias)
+    if accelerator is not None:
+        known = accelerator.lookup(info)
+        if known is not None:
+            return _answer(known, info)
+    flight = accelerators.Flight(accelerator, info, store.alias)
     session = None
     try:
         session = store.session()
         with store.atomic():
             claim = store.claim(info, settings.LOCK_TIMEOUT)
             if claim.outcome is Outcome.CLAIMED:
-                return _execute(request, call, options, store, claim)
+                flight.start(settings.LOCK_TIMEOUT)
+                return _execute(request, call, options, store, claim, flight)
     except _RolledBack as rolled_back:
         return rolled_back.response
     except DatabaseError:
@@ -102,12 +121,14 @@ def protect(
             exc_info=True,
         )
         return problems.DATABASE_UNAVAILABLE.response()
-    if claim.outcome is Outcome.IN_FLIGHT:
-        return problems.IN_FLIGHT.response()
-    if claim.fingerprint != info.fingerprint:
-        return problems.KEY_REUSED.response()
-    assert claim.response is not None
-    return replay(claim.response)
+    finally:
+        flight.end()
+    if accelerator is not None and claim.outcome is Outcome.COMPLETED:
+        # Redis lost its copy (flushed, restarted, evicted): put it back.
+        assert claim.response is not None
+        assert claim.expires_at is not None
+        accelerator.remember(info, claim.fingerprint, claim.response, claim.expires_at)
+    return _answer(claim, info)
 
 
 def _execute(
@@ -116,6 +137,7 @@ def _execute(
     options: Options,
     store: DatabaseStore,
     claim: Claim,
+    flight: accelerators.Flight,
 ) -> HttpResponseBase:
     """Run the handler inside the claim's transaction and store its response.
 
@@ -123,15 +145,113 @@ def _execute(
     back its effects and the claim together; DRF then turns it into a
     response, and the key is free for a corrected retry.
     """
+    response, stored = _capture(request, call)
+    if stored is None:
+        # Transient outcomes: undo the effects and leave the key free.
+        transaction.set_rollback(True, using=store.alias)
+        return response
+    expires_at = store.complete(claim, stored, options.get_ttl())
+    if expires_at is None:
+        raise _RolledBack(problems.IN_FLIGHT.response())
+    flight.succeed(stored, expires_at)
+    return response
+
+
+def _protect_in_redis(
+    request: Request, call: Callable[[], HttpResponseBase], options: Options, info: RequestInfo
+) -> HttpResponseBase:
+    """The record lives in Redis and the handler's effects elsewhere: no
+    transaction joins them, so the handler runs once per key for as long as
+    its lease (``LOCK_TIMEOUT``) and Redis's data last."""
+    redis_errors = redis.errors()
+    try:
+        store = redis.RedisStore(settings.REDIS)
+        claim = store.claim(info, settings.LOCK_TIMEOUT)
+    except redis_errors:
+        if settings.REDIS_FAIL_OPEN:
+            logger.warning(
+                "Redis unavailable during %s %s; ran the handler unprotected "
+                "(IDEMPOTENCY['REDIS_FAIL_OPEN']).",
+                request.method,
+                request.path,
+                exc_info=True,
+            )
+            return call()
+        logger.warning(
+            "Redis unavailable during %s %s; answered 503.",
+            request.method,
+            request.path,
+            exc_info=True,
+        )
+        return problems.REDIS_UNAVAILABLE.response()
+    if claim.outcome is not Outcome.CLAIMED:
+        return _answer(claim, info)
+    try:
+        response, stored = _capture(request, call)
+    except _RolledBack:
+        # The response was too large to store, but nothing rolls back here:
+        # the handler's effects stand. Store a problem in its place, so that
+        # a retry gets it too instead of running the handler again.
+        response = problems.RESPONSE_NOT_STORED.response()
+        stored = StoredResponse(
+            status=response.status_code, headers=list(response.items()), body=response.content
+        )
+    except BaseException:
+        _release(store, claim, request)
+        raise
+    if stored is None:
+        _release(store, claim, request)
+        return response
+    try:
+        kept = store.complete(claim, stored, options.get_ttl())
+    except redis_errors:
+        logger.error(
+            "Redis unavailable while storing the response of %s %s: the handler ran but its "
+            "response is not stored, and the key is free again once its lease "
+            "(LOCK_TIMEOUT) expires.",
+            request.method,
+            request.path,
+            exc_info=True,
+        )
+        return response
+    if not kept:
+        logger.error(
+            "%s %s outlived its lease (LOCK_TIMEOUT) and another request took its key over: "
+            "the handler ran twice, and this response is not stored. Raise LOCK_TIMEOUT above "
+            "the slowest handler of backend='redis' views.",
+            request.method,
+            request.path,
+        )
+    return response
+
+
+def _release(store: redis.RedisStore, claim: Claim, request: Request) -> None:
+    """Free the key after an exception or a transient answer, so that a
+    corrected retry may use it. If Redis is gone, the lease expires anyway."""
+    try:
+        store.release(claim)
+    except redis.errors():
+        logger.warning(
+            "Redis unavailable while releasing the key of %s %s; it is free again once its "
+            "lease (LOCK_TIMEOUT) expires.",
+            request.method,
+            request.path,
+            exc_info=True,
+        )
+
+
+def _capture(
+    request: Request, call: Callable[[], HttpResponseBase]
+) -> tuple[HttpResponseBase, StoredResponse | None]:
+    """Run the handler and read its response as it will be stored, or
+    ``None`` for a transient outcome (429, 5xx) that must not be."""
     response = _render(request, call())
     # Drained here even when it will not be stored, so that a streaming
     # handler's work happens inside the transaction that may roll it back.
     body = _read_body(response, settings.MAX_RESPONSE_BYTES)
     status = response.status_code
     if status == 429 or (status >= 500 and not settings.STORE_SERVER_ERRORS):
-        # Transient outcomes: undo the effects and leave the key free.
-        transaction.set_rollback(True, using=store.alias)
-        return response
+        return response, None
     replay_headers = settings.REPLAY_HEADERS
     stored = StoredResponse(
         status=status,
@@ -140,9 +260,17 @@ def _execute(
         ],
         body=body,
     )
-    if not store.complete(claim, stored, options.get_ttl()):
-        raise _RolledBack(problems.IN_FLIGHT.response())
-    return response
+    return response, stored
+
+
+def _answer(claim: Claim, info: RequestInfo) -> HttpResponseBase:
+    """The answer to a request whose key another request holds or used."""
+    if claim.outcome is Outcome.IN_FLIGHT:
+        return problems.IN_FLIGHT.response()
+    if claim.fingerprint != info.fingerprint:
+        return problems.KEY_REUSED.response()
+    assert claim.response is not None
+    return replay(claim.response)
 
 
 def _render(request: Request, response: HttpResponseBase) -> HttpResponseBase:

@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from .core import protect
-from .options import FingerprintFunc, Options, ScopeFunc
+from .options import REDIS_BACKEND_VIEWS, FingerprintFunc, Options, ScopeFunc
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,6 +30,7 @@ def idempotent(
     scope: ScopeFunc | str | None = ...,
     fingerprint: FingerprintFunc | str | None = ...,
     methods: Iterable[str] | None = ...,
+    backend: str | None = ...,
 ) -> Callable[[F], F]: ...
 
 
@@ -41,6 +42,7 @@ def idempotent(
     scope: ScopeFunc | str | None = None,
     fingerprint: FingerprintFunc | str | None = None,
     methods: Iterable[str] | None = None,
+    backend: str | None = None,
 ) -> F | Callable[[F], F]:
     """Protect an ``APIView`` method, a ViewSet action, an ``@action`` or an
     ``@api_view`` function (placed under ``@api_view``).
@@ -49,14 +51,24 @@ def idempotent(
     ``IDEMPOTENCY`` settings for this handler: ``ttl`` (a ``timedelta`` or
     seconds), ``required``, ``scope`` and ``fingerprint`` (callables taking the
     request, or dotted paths to them), and ``methods`` (the unsafe methods to
-    protect, by default all of POST, PUT, PATCH and DELETE that reach it).
+    protect, by default all of POST, PUT, PATCH and DELETE that reach it), and
+    ``backend``: ``"database"`` (records commit with the handler's database
+    effects) or ``"redis"`` (records in Redis, for handlers whose effects are
+    outside the database), by default ``IDEMPOTENCY["BACKEND"]``.
     """
     options = Options.build(
-        ttl=ttl, required=required, scope=scope, fingerprint=fingerprint, methods=methods
+        ttl=ttl,
+        required=required,
+        scope=scope,
+        fingerprint=fingerprint,
+        methods=methods,
+        backend=backend,
     )
 
     def decorator(handler: F) -> F:
         _refuse_wrong_target(handler)
+        if options.backend == "redis":
+            REDIS_BACKEND_VIEWS.add(f"{handler.__module__}.{handler.__qualname__}")
 
         @functools.wraps(handler)
         def wrapper(*args: Any, **kwargs: Any) -> Any:

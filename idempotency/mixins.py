@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 
 from .core import protect
 from .decorators import OPTIONS_ATTRIBUTE
-from .options import FingerprintFunc, Options, ScopeFunc
+from .options import REDIS_BACKEND_VIEWS, FingerprintFunc, Options, ScopeFunc
 
 
 class IdempotentMixin:
@@ -26,6 +26,8 @@ class IdempotentMixin:
     idempotency_fingerprint: FingerprintFunc | str | None = None
     # The unsafe methods to protect; None protects POST, PUT, PATCH and DELETE.
     idempotency_methods: Iterable[str] | None = None
+    # "database" or "redis"; None defers to IDEMPOTENCY["BACKEND"].
+    idempotency_backend: str | None = None
 
     _idempotency_options: ClassVar[Options] = Options()
 
@@ -39,7 +41,10 @@ class IdempotentMixin:
             scope=cls.idempotency_scope,
             fingerprint=cls.idempotency_fingerprint,
             methods=cls.idempotency_methods,
+            backend=cls.idempotency_backend,
         )
+        if cls._idempotency_options.backend == "redis":
+            REDIS_BACKEND_VIEWS.add(f"{cls.__module__}.{cls.__qualname__}")
         mro = cls.__mro__
         if APIView in mro and mro.index(APIView) < mro.index(IdempotentMixin):
             # APIView.initial() does not call super(), so the mixin's would

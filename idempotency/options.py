@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from .conf import as_callable, as_timedelta, settings
+from .conf import BACKENDS, as_callable, as_timedelta, settings
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Long enough for any real TTL, short enough that now + TTL stays a datetime.
@@ -16,6 +16,10 @@ LONGEST_TTL = timedelta(days=36500)
 # PostgreSQL takes LOCK_TIMEOUT as idle_in_transaction_session_timeout, an
 # integer of milliseconds: at most 2**31 - 1 ms, just over 24.8 days.
 LONGEST_LOCK_TIMEOUT = timedelta(days=24)
+
+# Where each view that chose backend="redis" is defined, so that the system
+# checks can name them if IDEMPOTENCY["REDIS"] is missing.
+REDIS_BACKEND_VIEWS: set[str] = set()
 
 ScopeFunc = Callable[[Any], str]
 FingerprintFunc = Callable[[Any], str]
@@ -31,6 +35,7 @@ class Options:
     scope: ScopeFunc | str | None = None
     fingerprint: FingerprintFunc | str | None = None
     methods: frozenset[str] = UNSAFE_METHODS
+    backend: str | None = None
 
     @classmethod
     def build(
@@ -41,6 +46,7 @@ class Options:
         scope: ScopeFunc | str | None = None,
         fingerprint: FingerprintFunc | str | None = None,
         methods: Iterable[str] | None = None,
+        backend: str | None = None,
     ) -> Options:
         """Validate options as a user wrote them; raise ``TypeError`` or
         ``ValueError`` at import time rather than on the first request."""
@@ -68,8 +74,15 @@ class Options:
             chosen = frozenset(method.upper() for method in methods)
             if not chosen or not chosen <= UNSAFE_METHODS:
                 raise ValueError("methods must name some of POST, PUT, PATCH and DELETE.")
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError('backend must be "database" or "redis".')
         return cls(
-            ttl=ttl, required=required, scope=scope, fingerprint=fingerprint, methods=chosen
+            ttl=ttl,
+            required=required,
+            scope=scope,
+            fingerprint=fingerprint,
+            methods=chosen,
+            backend=backend,
         )
 
     def get_ttl(self) -> timedelta:
@@ -77,6 +90,9 @@ class Options:
 
     def get_required(self) -> bool:
         return self.required if self.required is not None else settings.REQUIRED
+
+    def get_backend(self) -> str:
+        return self.backend if self.backend is not None else settings.BACKEND
 
     def get_scope(self) -> ScopeFunc:
         if self.scope is None:

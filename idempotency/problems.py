@@ -89,6 +89,21 @@ RESPONSE_TOO_LARGE = Problem(
     "The response to this request was too large to store for replay, so the request was "
     "rolled back and had no effect. Please report this to the service operator.",
 )
+RESPONSE_NOT_STORED = Problem(
+    "response-not-stored",
+    500,
+    "Response too large to store",
+    "This request was processed, but its response was too large to store for replay. Retries "
+    "with this {header} get this answer, and the request is not processed again. Please "
+    "report this to the service operator.",
+)
+REDIS_UNAVAILABLE = Problem(
+    "redis-unavailable",
+    503,
+    "Idempotency store unavailable",
+    "The store that keeps track of {header} values could not be reached, so this request "
+    "was not processed. Retry it with the same {header}.",
+)
 DATABASE_UNAVAILABLE = Problem(
     "database-unavailable",
     503,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 
@@ -32,6 +33,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if wanted is not None and vendor not in wanted.args:
             drop.append(item)
             continue
+        if item.get_closest_marker("redis") and not os.environ.get("REDIS_URL"):
+            item.add_marker(
+                pytest.mark.skip(
+                    reason="needs Redis: set REDIS_URL, such as redis://127.0.0.1:6379/0"
+                )
+            )
         if item.get_closest_marker("server_db") and vendor == "sqlite":
             item.add_marker(
                 pytest.mark.skip(

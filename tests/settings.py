@@ -28,6 +28,22 @@ def _database(url: str, suffix: str = "") -> dict[str, Any]:
 
 DATABASES = {"default": _database(DATABASE_URL), "other": _database(DATABASE_URL, "_other")}
 
+# Redis, for the tests marked "redis" (skipped unless REDIS_URL is set; they
+# flush the Redis database it names).
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+REDIS_OPTIONS = {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1}
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "idempotency": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": REDIS_OPTIONS,
+    },
+}
+# The test views with backend="redis" need the alias; the accelerator is
+# turned on by the tests that test it.
+IDEMPOTENCY = {"REDIS": "idempotency", "REDIS_ACCELERATOR": False}
+
 SECRET_KEY = "not-secret-tests-only"
 DEBUG = False
 USE_TZ = True

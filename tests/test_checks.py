@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 
 import pytest
@@ -12,7 +13,8 @@ from django.core.management.base import SystemCheckError
 from django.db import connections
 from django.test import override_settings
 
-from idempotency.checks import check_database, check_settings
+from idempotency import checks as checks_module
+from idempotency.checks import check_database, check_redis, check_settings
 from idempotency.conf import settings
 from idempotency.keys import default_scope
 
@@ -97,7 +99,8 @@ def test_e002_unknown_key():
     assert error.msg == "settings.IDEMPOTENCY has an unknown key 'TLL'."
     assert error.hint == (
         "Valid keys: HEADER, TTL, LOCK_TIMEOUT, REQUIRED, SCOPE, FINGERPRINT, REPLAY_HEADERS, "
-        "STORE_SERVER_ERRORS, MAX_RESPONSE_BYTES, DATABASE."
+        "STORE_SERVER_ERRORS, MAX_RESPONSE_BYTES, DATABASE, BACKEND, REDIS, REDIS_ACCELERATOR, "
+        "REDIS_KEY_PREFIX, REDIS_FAIL_OPEN."
     )
 
 
@@ -293,6 +296,131 @@ def test_every_bad_value_is_reported():
     ) == [f"idempotency.E{number:03}" for number in [2, *range(3, 10), 11, 12, 13]]
 
 
+# E015-E023, W001: Redis.
+
+REDIS_CACHE = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+
+
+def redis_errors(cache: dict | None, **idempotency) -> list:
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    if cache is not None:
+        caches["store"] = cache
+    with override_settings(CACHES=caches, IDEMPOTENCY={"REDIS": "store", **idempotency}):
+        return [(error.id, error.msg, error.hint) for error in check_settings() + check_redis()]
+
+
+def test_redis_settings_valid():
+    assert redis_errors(REDIS_CACHE) == []
+    sentinel = {
+        **REDIS_CACHE,
+        "OPTIONS": {"CLIENT_CLASS": "django_redis.client.SentinelClient"},
+    }
+    assert redis_errors(sentinel, REDIS_ACCELERATOR=False, REDIS_KEY_PREFIX="shop:idem") == []
+    assert redis_errors(REDIS_CACHE, BACKEND="redis") == []
+
+
+def test_redis_unset_is_valid(monkeypatch):
+    assert ids({"REDIS": None}) == []
+    # Without views that chose backend="redis", nothing needs it.
+    monkeypatch.setattr(checks_module, "REDIS_BACKEND_VIEWS", set())
+    with override_settings(IDEMPOTENCY={}):
+        assert check_redis() == []
+
+
+def test_e015_backend():
+    assert ids({"BACKEND": "memcached"}) == ["idempotency.E015"]
+    assert only_error({"BACKEND": None}).msg == (
+        'IDEMPOTENCY[\'BACKEND\'] must be "database" or "redis".'
+    )
+
+
+def test_e016_missing_cache_alias():
+    ((id, msg, hint),) = redis_errors(None)
+    assert id == "idempotency.E016"
+    assert msg == "IDEMPOTENCY['REDIS'] names 'store', which is not in settings.CACHES."
+    assert "django_redis.cache.RedisCache" in hint
+    assert ids({"REDIS": 6379}) == ["idempotency.E016"]
+
+
+@pytest.mark.parametrize(
+    ("backend", "name"),
+    [
+        ("django.core.cache.backends.locmem.LocMemCache", "locmem"),
+        ("django.core.cache.backends.dummy.DummyCache", "dummy"),
+    ],
+)
+def test_e017_process_local_caches(backend, name):
+    ((id, msg, hint),) = redis_errors({"BACKEND": backend})
+    assert id == "idempotency.E017"
+    assert msg == (
+        f"IDEMPOTENCY['REDIS'] names the 'store' cache, a {name} cache, which each process "
+        "keeps for itself (or not at all): duplicates reaching two processes would both run."
+    )
+    assert hint == (
+        "Use a django-redis cache (BACKEND 'django_redis.cache.RedisCache') that every server "
+        "process shares."
+    )
+
+
+def test_e018_django_redis_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "django_redis.cache", None)
+    ((id, _msg, hint),) = redis_errors(REDIS_CACHE)
+    assert id == "idempotency.E018"
+    assert hint == "pip install 'django-idempotency[redis]'"
+
+
+@pytest.mark.parametrize(
+    "cache",
+    [
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache"},
+        {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache"},
+        {"BACKEND": "no.such.Cache"},
+        {**REDIS_CACHE, "OPTIONS": {"CLIENT_CLASS": "django_redis.client.ShardClient"}},
+    ],
+)
+def test_e019_not_a_django_redis_connection(cache):
+    ((id, msg, _hint),) = redis_errors(cache)
+    assert id == "idempotency.E019"
+    assert msg.startswith("IDEMPOTENCY['REDIS'] names the 'store' cache, whose ")
+
+
+def test_e020_e022_e023_values():
+    assert ids(
+        {"REDIS_ACCELERATOR": "yes", "REDIS_KEY_PREFIX": "has space", "REDIS_FAIL_OPEN": 1}
+    ) == ["idempotency.E020", "idempotency.E022", "idempotency.E023"]
+    assert ids({"REDIS_KEY_PREFIX": ""}) == ["idempotency.E022"]
+
+
+def test_e021_redis_backend_without_redis():
+    with override_settings(IDEMPOTENCY={"BACKEND": "redis"}):
+        (error,) = check_redis()
+    assert error.id == "idempotency.E021"
+    # The test URLconf's views that chose backend="redis" are named too.
+    assert error.msg == (
+        'backend="redis" is chosen by IDEMPOTENCY["BACKEND"], '
+        "tests.testapp.views.RedisChargeView, tests.testapp.views.redis_charge, "
+        'but IDEMPOTENCY["REDIS"] names no django-redis cache.'
+    )
+    with override_settings(IDEMPOTENCY={}):
+        (error,) = check_redis()
+    assert error.msg.startswith('backend="redis" is chosen by tests.testapp.views.RedisChargeView')
+
+
+@pytest.mark.django_db(databases=["default", "other"])
+def test_e021_reported_by_the_check_command():
+    with (
+        override_settings(IDEMPOTENCY={}),
+        pytest.raises(SystemCheckError, match=r"idempotency\.E021"),
+    ):
+        call_command("check")
+
+
+def test_w001_fail_open_warns():
+    ((id, msg, _hint),) = redis_errors(REDIS_CACHE, REDIS_FAIL_OPEN=True)
+    assert id == "idempotency.W001"
+    assert "duplicates included" in msg
+
+
 # Registration.
 
 
@@ -307,7 +435,7 @@ def test_check_is_registered():
 
 
 @pytest.mark.django_db(databases=["default", "other"])
-@override_settings(IDEMPOTENCY={"TTL": 60})
+@override_settings(IDEMPOTENCY={"TTL": 60, "REDIS": "idempotency"})
 def test_check_command_passes_with_valid_settings():
     call_command("check")
 

@@ -259,6 +259,7 @@ class TestMisuse:
                 ValueError,
                 "methods must name some of POST, PUT, PATCH and DELETE.",
             ),
+            ({"backend": "memcached"}, ValueError, 'backend must be "database" or "redis".'),
         ],
     )
     def test_bad_options_raise_when_the_view_is_defined(self, options, error, message):

@@ -27,6 +27,8 @@ urlpatterns = [
     path("constant-b/", views.constant_b),
     path("upload/<str:filename>", views.upload),
     path("taken-over/", views.taken_over),
+    path("redis/charge/", views.redis_charge),
+    path("redis/mixin/", views.RedisChargeView.as_view()),
     path("generic/items/", views.ItemCreateView.as_view()),
     path("generic/items/<int:pk>/", views.ItemUpdateView.as_view()),
     path("", include(router.urls)),

@@ -26,6 +26,8 @@ class Claim:
     outcome: Outcome
     fingerprint: str = ""
     response: StoredResponse | None = None
+    # When a completed record expires, if the store read it.
+    expires_at: datetime | None = None
     # Whatever the store needs to prove, when it saves the response, that
     # this request still owns the record it claimed.
     token: Any = field(default=None, repr=False)

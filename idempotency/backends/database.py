@@ -42,9 +42,11 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Any, cast
 
+from django.conf import settings as django_settings
 from django.db import IntegrityError, OperationalError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field
@@ -75,7 +77,7 @@ COLUMNS = (
 )
 # What a reader needs of a record, in this order, with its expiry already
 # compared by the database (so no value needs converting back).
-RECORD_COLUMNS = ("id", "state", "fingerprint", "status", "headers", "body")
+RECORD_COLUMNS = ("id", "state", "fingerprint", "status", "headers", "body", "expires_at")
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,12 @@ class Record:
     status: int | None
     headers: list[list[str]] | None
     body: bytes | None
+    expires_at: datetime
     expired: bool
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Record:
-        pk, state, fingerprint, status, headers, body, expired = row
+        pk, state, fingerprint, status, headers, body, expires_at, expired = row
         if isinstance(headers, str):  # every driver but psycopg2 without Django's loader
             headers = json.loads(headers)
         return cls(
@@ -102,8 +105,18 @@ class Record:
             status=status,
             headers=headers,
             body=None if body is None else bytes(body),
+            expires_at=_as_datetime(expires_at),
             expired=bool(expired),
         )
+
+
+def _as_datetime(value: datetime) -> datetime:
+    """A datetime column read by a raw cursor, as the ORM would return it:
+    MariaDB and SQLite (through Django's converters) give naive UTC,
+    PostgreSQL an aware value."""
+    if django_settings.USE_TZ and timezone.is_naive(value):
+        value = value.replace(tzinfo=dt_timezone.utc)
+    return value
 
 
 @dataclass(frozen=True)
@@ -210,10 +223,11 @@ class DatabaseStore:
         # again for the client's retry.
         return Claim(Outcome.IN_FLIGHT)
 
-    def complete(self, claim: Claim, response: StoredResponse, ttl: timedelta) -> bool:
-        """Store the response on the claimed record, in the claim's transaction.
+    def complete(self, claim: Claim, response: StoredResponse, ttl: timedelta) -> datetime | None:
+        """Store the response on the claimed record, in the claim's transaction,
+        and return the record's new expiry.
 
-        Returns ``False`` if the record is no longer this request's claim
+        Returns ``None`` if the record is no longer this request's claim
         (see the module docstring); the caller must then roll back.
         """
         pk, claimed_at = claim.token
@@ -234,7 +248,7 @@ class DatabaseStore:
         ]
         with self.connection.cursor() as cursor:
             cursor.execute(self.sql.complete, params)
-            return cursor.rowcount == 1
+            return now + ttl if cursor.rowcount == 1 else None
 
     def _fetch(self, info: RequestInfo) -> Record | None:
         with self.connection.cursor() as cursor:
@@ -308,6 +322,7 @@ def _completed(record: Record) -> Claim:
             headers=[(name, value) for name, value in record.headers or []],
             body=record.body or b"",
         ),
+        expires_at=record.expires_at,
     )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
+from collections import Counter
 from datetime import timedelta
 
 from django.db import connections, transaction
@@ -60,9 +62,10 @@ def backend_id(using: str = "default") -> int | None:
 
 
 def record(request, label: str, using: str = "default") -> Execution:
-    execution = Execution.objects.using(using).create(
-        label=label, key=request.headers.get("Idempotency-Key", "")
-    )
+    # The raw header, made storable: a safe method reaches the handler with
+    # any header, lone surrogates included, which no database column takes.
+    key = request.headers.get("Idempotency-Key", "").encode("utf-8", "backslashreplace")
+    execution = Execution.objects.using(using).create(label=label, key=key.decode())
     barrier = BARRIERS.get(request.query_params.get("barrier", ""))
     if barrier is not None:
         barrier.wait(timeout=10)
@@ -76,7 +79,11 @@ def record(request, label: str, using: str = "default") -> Execution:
 
 def behave(request, label: str) -> HttpResponse:
     """Record a run, then answer as the query string asks."""
-    execution = record(request, label)
+    return respond(request, label, record(request, label).pk)
+
+
+def respond(request, label: str, run: int) -> HttpResponse:
+    """Answer as the query string asks, naming the handler's run."""
     params = request.query_params
     if params.get("raise") == "validation":
         raise ValidationError({"amount": ["This field is wrong."]})
@@ -97,13 +104,11 @@ def behave(request, label: str) -> HttpResponse:
     if "size" in params:
         return HttpResponse(b"y" * int(params["size"]), content_type="application/octet-stream")
     code = int(params.get("status", status.HTTP_201_CREATED))
-    data = (
-        None if code == 204 else {"execution": execution.pk, "label": label, "data": request.data}
-    )
+    data = None if code == 204 else {"execution": run, "label": label, "data": request.data}
     response = Response(
         data,
         status=code,
-        headers={"Location": f"/executions/{execution.pk}", "ETag": '"v1"', "X-Trace": "t-1"},
+        headers={"Location": f"/executions/{run}", "ETag": '"v1"', "X-Trace": "t-1"},
     )
     response.set_cookie("sessionish", "secret-of-first-client")
     return response
@@ -351,3 +356,37 @@ class MixinWithDecoratedAction(IdempotentMixin, viewsets.ModelViewSet):
     def bulk(self, request):
         Execution.objects.create(label="bulk", key=request.headers.get("Idempotency-Key", ""))
         return Response({"ok": True})
+
+
+# Effects outside the Django database, for views with backend="redis": runs
+# per Idempotency-Key, kept in this process.
+OUTSIDE_RUNS: Counter[str] = Counter()
+_outside_lock = threading.Lock()
+_outside_count = itertools.count(1)
+
+
+def act_outside_database(request, label: str) -> HttpResponse:
+    """Like ``behave``, with the run recorded outside the database."""
+    with _outside_lock:
+        OUTSIDE_RUNS[request.headers.get("Idempotency-Key", "")] += 1
+        run = next(_outside_count)
+    # Held by a header rather than the query string, so that a held request
+    # and its retries are the same request (same fingerprint).
+    gate = GATES.get(request.headers.get("X-Gate", ""))
+    if gate is not None:
+        gate.entered.set()
+        gate.release.wait(timeout=30)
+    return respond(request, label, run)
+
+
+@api_view(["POST", "GET"])
+@idempotent(backend="redis")
+def redis_charge(request):
+    return act_outside_database(request, "redis")
+
+
+class RedisChargeView(IdempotentMixin, APIView):
+    idempotency_backend = "redis"
+
+    def post(self, request):
+        return act_outside_database(request, "redis-mixin")

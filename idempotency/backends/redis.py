@@ -1,0 +1,176 @@
+"""Records in Redis, through django-redis's connection.
+
+:class:`RedisStore` keeps the records of views that chose
+``backend="redis"``, whose effects are outside the Django database. The
+accelerator in front of the database store (``idempotency.accelerator``)
+keeps its copies in the same format.
+
+Each record is one Redis string: a line of JSON (state, owner token,
+fingerprint, status, headers), a newline, then the response body's bytes.
+JSON never holds a raw newline, so the first one ends the header, and a body
+is stored exactly as it was sent.
+
+The compare-and-set steps are Lua scripts: Redis runs each one atomically, so
+nothing can happen between reading a record and replacing it. Each script
+touches a single key, so it also runs on a Redis Cluster. Every command goes
+to the primary (``get_redis_connection(alias, write=True)``): a replica may
+not have seen a claim yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+from ..conf import settings
+from .base import Claim, Outcome, RequestInfo, StoredResponse
+
+IN_FLIGHT = "in_flight"
+COMPLETED = "completed"
+
+# Redis's SET NX is the claim; the script only saves the round trip that a
+# duplicate would otherwise spend reading what is in its way.
+CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return false
+end
+return redis.call('GET', KEYS[1])
+"""
+# Only the owner of a claim may replace or remove it: a worker whose lease
+# expired must not touch the record of the worker that took the key over.
+COMPLETE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    return 1
+end
+return 0
+"""
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def connection(alias: str | None) -> Any:
+    """The raw client of the django-redis cache ``alias`` (the primary)."""
+    if alias is None:
+        raise ImproperlyConfigured(
+            'A view uses backend="redis" but IDEMPOTENCY["REDIS"] names no django-redis '
+            "cache. `manage.py check` reports this as idempotency.E021."
+        )
+    from django_redis import get_redis_connection
+
+    return get_redis_connection(alias, write=True)
+
+
+def errors() -> tuple[type[Exception], ...]:
+    """What a lost or refusing Redis raises: connection refused or reset,
+    timeouts, a read-only replica, a script error. Imported late so that the
+    package works without redis-py installed until Redis is configured."""
+    from redis.exceptions import RedisError
+
+    return (RedisError,)
+
+
+def record_key(namespace: str, info: RequestInfo) -> str:
+    """A fixed-length key for (scope, key): scopes are arbitrary text, and
+    the hash keeps them out of the key space's syntax (``:``, ``{}``)."""
+    digest = hashlib.sha256(f"{info.scope}\n{info.key}".encode("utf-8", "surrogatepass"))
+    return f"{settings.REDIS_KEY_PREFIX}:v1:{namespace}:{digest.hexdigest()}"
+
+
+def milliseconds(duration: timedelta) -> int:
+    return max(1, int(duration / timedelta(milliseconds=1)))
+
+
+def encode(
+    state: str, owner: str, fingerprint: str, response: StoredResponse | None = None
+) -> bytes:
+    header: dict[str, Any] = {"state": state, "owner": owner, "fingerprint": fingerprint}
+    if response is not None:
+        header["status"] = response.status
+        header["headers"] = [list(pair) for pair in response.headers]
+    body = response.body if response is not None else b""
+    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + body
+
+
+@dataclass(frozen=True)
+class Entry:
+    state: str
+    fingerprint: str
+    response: StoredResponse | None
+
+    @classmethod
+    def decode(cls, value: bytes) -> Entry:
+        """Raise ``ValueError`` (or ``KeyError``, ``TypeError``) if ``value``
+        is not a record this module wrote."""
+        head, _, body = value.partition(b"\n")
+        header = json.loads(head)
+        state = header["state"]
+        if state not in (IN_FLIGHT, COMPLETED):
+            raise ValueError(f"unknown state {state!r}")
+        response = None
+        if state == COMPLETED:
+            response = StoredResponse(
+                status=int(header["status"]),
+                headers=[(str(name), str(value)) for name, value in header["headers"]],
+                body=body,
+            )
+        return cls(state=state, fingerprint=str(header["fingerprint"]), response=response)
+
+    def claim(self) -> Claim:
+        if self.state == IN_FLIGHT:
+            return Claim(Outcome.IN_FLIGHT)
+        return Claim(Outcome.COMPLETED, fingerprint=self.fingerprint, response=self.response)
+
+
+class RedisStore:
+    """Records of ``backend="redis"`` views, in Redis only.
+
+    A claim is ``SET NX`` with the lease (``LOCK_TIMEOUT``) as its expiry and
+    a random owner token in its value. If the worker dies, the lease runs out
+    and a retry may claim the key again (CONTRACT G5). If the worker is only
+    slow, the same happens: the lease must outlast the slowest handler.
+    Completing or releasing checks the owner token first, so a worker whose
+    lease ran out leaves the new owner's record alone.
+    """
+
+    NAMESPACE = "redis"
+
+    def __init__(self, alias: str | None) -> None:
+        self.redis = connection(alias)
+
+    def claim(self, info: RequestInfo, lock_timeout: timedelta) -> Claim:
+        """Raises one of :func:`errors` if Redis cannot be reached."""
+        key = record_key(self.NAMESPACE, info)
+        mine = encode(IN_FLIGHT, secrets.token_hex(16), info.fingerprint)
+        found = self.redis.eval(CLAIM, 1, key, mine, milliseconds(lock_timeout))
+        if found is None:
+            return Claim(Outcome.CLAIMED, token=(key, mine))
+        try:
+            return Entry.decode(found).claim()
+        except (ValueError, KeyError, TypeError):
+            # Not a record this package wrote (another program shares the
+            # prefix). Never run the handler over it: answer as in flight.
+            return Claim(Outcome.IN_FLIGHT)
+
+    def complete(self, claim: Claim, response: StoredResponse, ttl: timedelta) -> bool:
+        """Store the response if the claim is still ours; ``False`` if the
+        lease ran out and another request owns the key now."""
+        key, mine = claim.token
+        head = json.loads(mine.partition(b"\n")[0])
+        value = encode(COMPLETED, head["owner"], head["fingerprint"], response)
+        return bool(self.redis.eval(COMPLETE, 1, key, mine, value, milliseconds(ttl)))
+
+    def release(self, claim: Claim) -> bool:
+        """Free the key for a corrected retry, if the claim is still ours."""
+        key, mine = claim.token
+        return bool(self.redis.eval(RELEASE, 1, key, mine))

@@ -1,0 +1,285 @@
+"""Redis in front of the database store: replays with no SQL, 409s from an
+in-flight marker, and the database as the source of truth whenever Redis
+forgets, lags or is gone.
+
+Against the real Redis that REDIS_URL names, and the real database; an
+outage is a real TCP relay cut between the package and Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from django.conf import settings as django_settings
+from django.db import connections
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from django_redis import get_redis_connection
+
+from idempotency.models import IdempotencyKey
+from tests.concurrency import Threads, send, tally
+from tests.redis_proxy import RedisProxy
+from tests.testapp.models import Execution
+
+pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
+
+URL = "/function/"
+ACCELERATED = {"REDIS": "idempotency"}
+
+
+def new_key() -> str:
+    return str(uuid.uuid4())
+
+
+def executions(key: str) -> int:
+    return Execution.objects.filter(key=key).count()
+
+
+def copies(connection) -> list[bytes]:
+    return list(connection.scan_iter(match=b"idempotency:v1:db:default:*"))
+
+
+class Queries(CaptureQueriesContext):
+    """Every SQL statement the request sends on the key table's database."""
+
+    def __init__(self) -> None:
+        super().__init__(connections["default"])
+
+
+@pytest.fixture
+def redis_db():
+    connection = get_redis_connection("idempotency")
+    connection.flushdb()
+    with override_settings(IDEMPOTENCY=ACCELERATED):
+        yield connection
+    connection.flushdb()
+
+
+@pytest.fixture
+def proxy(redis_db):
+    """The accelerator reaching Redis through a relay the test can cut."""
+    relay = RedisProxy(django_settings.REDIS_URL)
+    caches = {
+        **django_settings.CACHES,
+        "proxied": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": relay.url,
+            "OPTIONS": django_settings.REDIS_OPTIONS,
+        },
+    }
+    with override_settings(CACHES=caches, IDEMPOTENCY={"REDIS": "proxied"}):
+        yield relay
+    relay.cut()
+
+
+def test_replay_sends_no_sql(user, redis_db):
+    key = new_key()
+    first = send(user, key)
+    assert first.status_code == 201
+    with Queries() as queries:
+        replay = send(user, key)
+        reused = send(user, key, data={"amount": 2})
+    assert len(queries) == 0, [query["sql"] for query in queries]
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
+    assert replay["Location"] == first["Location"]
+    assert reused.status_code == 422
+    assert executions(key) == 1
+
+
+def test_the_copy_expires_with_the_record(user, redis_db):
+    key = new_key()
+    with override_settings(IDEMPOTENCY={**ACCELERATED, "TTL": 1}):
+        first = send(user, key)
+        (copy,) = copies(redis_db)
+        record = IdempotencyKey.objects.get(key=key)
+        left = (record.expires_at - timezone.now()).total_seconds() * 1000
+        assert 0 < redis_db.pttl(copy) <= left + 5
+        time.sleep(1.1)
+        again = send(user, key)
+    assert again.status_code == 201
+    assert "Idempotent-Replayed" not in again
+    assert again.content != first.content
+    assert executions(key) == 2
+
+
+@pytest.mark.server_db
+def test_duplicate_in_flight_gets_its_409_from_redis(user, redis_db, gate):
+    name, held = gate
+    key = new_key()
+    url = f"{URL}?gate={name}"
+    first = Threads([lambda: send(user, key, url)])
+    assert held.entered.wait(timeout=10)
+    with Queries() as queries:
+        duplicate = send(user, key, url)
+    assert duplicate.status_code == 409
+    assert duplicate["Retry-After"] == "1"
+    assert len(queries) == 0
+    assert first.finished() == 0
+    held.release.set()
+    (original,) = first.join()
+    with Queries() as queries:
+        replay = send(user, key, url)
+    assert len(queries) == 0
+    assert replay.content == original.content
+    assert executions(key) == 1
+
+
+def test_flush_between_first_request_and_retry(user, redis_db):
+    key = new_key()
+    first = send(user, key)
+    redis_db.flushdb()
+    with Queries() as queries:
+        replay = send(user, key)
+    # From the database, with the right bytes...
+    assert len(queries) >= 1
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
+    assert replay["Location"] == first["Location"]
+    # ...which puts the copy back, with the record's own expiry.
+    (copy,) = copies(redis_db)
+    record = IdempotencyKey.objects.get(key=key)
+    assert redis_db.pttl(copy) <= (record.expires_at - timezone.now()).total_seconds() * 1000 + 5
+    with Queries() as queries:
+        again = send(user, key)
+    assert len(queries) == 0
+    assert again.content == first.content
+    assert executions(key) == 1
+
+
+@pytest.mark.server_db
+def test_flush_while_in_flight_leaves_the_database_to_answer(user, redis_db, gate):
+    name, held = gate
+    key = new_key()
+    url = f"{URL}?gate={name}"
+    first = Threads([lambda: send(user, key, url)])
+    assert held.entered.wait(timeout=10)
+    redis_db.flushdb()
+    with Queries() as queries:
+        duplicate = send(user, key, url)
+    assert duplicate.status_code == 409
+    assert len(queries) >= 1  # the database's claim said so
+    held.release.set()
+    (original,) = first.join()
+    assert send(user, key, url).content == original.content
+    assert executions(key) == 1
+
+
+@pytest.mark.parametrize("query", ["raise=validation", "raise=error", "status=503"])
+def test_a_claim_that_rolls_back_takes_its_marker_along(user, redis_db, query):
+    key = new_key()
+    failed = send(user, key, f"{URL}?{query}")
+    assert failed.status_code in (400, 500, 503)
+    assert copies(redis_db) == []
+    # The key is free at once: a corrected retry runs, no 409 from Redis.
+    assert send(user, key, f"{URL}?{query}").status_code == failed.status_code
+    assert executions(key) == 0
+
+
+def test_a_value_this_package_did_not_write_is_ignored(user, redis_db):
+    key = new_key()
+    first = send(user, key)
+    (copy,) = copies(redis_db)
+    redis_db.set(copy, b"\xff not a record")
+    replay = send(user, key)
+    assert replay.content == first.content
+    assert executions(key) == 1
+
+
+def test_under_atomic_requests_the_copy_follows_the_outer_commit(user, redis_db, atomic_requests):
+    key = new_key()
+    first = send(user, key)
+    assert first.status_code == 201
+    (copy,) = copies(redis_db)
+    assert json.loads(redis_db.get(copy).partition(b"\n")[0])["state"] == "completed"
+    with Queries() as queries:
+        replay = send(user, key)
+    # Only the transaction ATOMIC_REQUESTS opens around every view.
+    assert [q["sql"] for q in queries if q["sql"] not in ("BEGIN", "COMMIT")] == []
+    assert replay.content == first.content
+
+
+@pytest.mark.server_db
+def test_concurrent_duplicates_run_exactly_once(user, redis_db):
+    for _ in range(4):
+        key = new_key()
+        responses = Threads([lambda key=key: send(user, key) for _ in range(12)]).join()
+        tally("accelerated: duplicates released together", responses, executions(key))
+        assert executions(key) == 1
+        originals = [
+            r for r in responses if r.status_code == 201 and "Idempotent-Replayed" not in r
+        ]
+        assert len(originals) == 1
+        for response in responses:
+            assert response.status_code in (201, 409), response.content
+            if response.status_code == 201:
+                assert response.content == originals[0].content
+
+
+# Outages: the database answers, and the log says so.
+
+
+def test_unreachable_redis_falls_back_to_the_database(user, proxy, caplog):
+    proxy.cut()
+    key = new_key()
+    first = send(user, key)
+    replay = send(user, key)
+    assert first.status_code == 201
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
+    assert executions(key) == 1
+    assert "Redis unavailable (read: ConnectionError" in caplog.text
+    assert "the database answers instead" in caplog.text
+
+
+@pytest.mark.server_db
+def test_redis_lost_mid_request(user, proxy, redis_db, gate, caplog):
+    name, held = gate
+    key = new_key()
+    url = f"{URL}?gate={name}"
+    with override_settings(IDEMPOTENCY={"REDIS": "proxied", "LOCK_TIMEOUT": 2}):
+        first = Threads([lambda: send(user, key, url)])
+        assert held.entered.wait(timeout=10)
+        (marker,) = copies(redis_db)
+        proxy.cut()
+        held.release.set()
+        (original,) = first.join()
+        assert original.status_code == 201
+        assert "Redis unavailable (copy" in caplog.text
+        # While Redis is away, the database replays.
+        assert send(user, key, url).content == original.content
+        proxy.restore()
+        # Back, Redis still holds the marker set before the outage: a 409
+        # at worst, for the marker's short life, then the database's replay.
+        assert send(user, key, url).status_code in (201, 409)
+        deadline = time.monotonic() + 5
+        while redis_db.get(marker) is not None and b'"in_flight"' in redis_db.get(marker):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        replay = send(user, key, url)
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == original.content
+    assert executions(key) == 1
+
+
+@pytest.mark.server_db
+def test_redis_lost_before_a_failed_claim_is_unmarked(user, proxy, redis_db, gate, caplog):
+    name, held = gate
+    key = new_key()
+    url = f"{URL}?gate={name}&raise=error"
+    first = Threads([lambda: send(user, key, url)])
+    assert held.entered.wait(timeout=10)
+    (marker,) = copies(redis_db)
+    proxy.cut()
+    held.release.set()
+    (failed,) = first.join()
+    assert failed.status_code == 500
+    assert "Redis unavailable (unmark" in caplog.text
+    proxy.restore()
+    # The marker outlives the claim, for its short life only.
+    assert 0 < redis_db.pttl(marker) <= 5000
+    assert executions(key) == 0
