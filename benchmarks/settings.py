@@ -41,6 +41,22 @@ if _database["ENGINE"] == "django.db.backends.mysql":
 _database.setdefault("TEST", {})["NAME"] = _database["NAME"]
 DATABASES = {"default": _database}
 
+# Redis for benchmarks/replay.py, which turns the accelerator on and off
+# between requests; every other benchmark runs without it.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "idempotency": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    },
+}
+IDEMPOTENCY = {
+    **IDEMPOTENCY,  # noqa: F405
+    "REDIS": "idempotency",
+    "REDIS_ACCELERATOR": False,
+    "REDIS_KEY_PREFIX": "idempotency-bench",
+}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -57,6 +73,6 @@ LOGGING = {
 
 if os.environ.get("BENCH_LOCK_TIMEOUT"):
     # The load harness makes a killed worker's claim expire quickly.
-    IDEMPOTENCY = {**IDEMPOTENCY, "LOCK_TIMEOUT": float(os.environ["BENCH_LOCK_TIMEOUT"])}  # noqa: F405
+    IDEMPOTENCY = {**IDEMPOTENCY, "LOCK_TIMEOUT": float(os.environ["BENCH_LOCK_TIMEOUT"])}
 if os.environ.get("BENCH_DATABASE_NAME"):
     _database["NAME"] = _database["TEST"]["NAME"] = os.environ["BENCH_DATABASE_NAME"]

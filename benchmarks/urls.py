@@ -1,22 +1,33 @@
-"""The example project's URLs plus its charge handler without ``@idempotent``."""
+"""The example project's URLs plus its charge handler without ``@idempotent``,
+and under ``@idempotent(backend="redis")``."""
 
 from django.urls import include, path
 from rest_framework.decorators import api_view
 
 from example_project.wallet import views
-from idempotency.decorators import OPTIONS_ATTRIBUTE
+from idempotency.decorators import OPTIONS_ATTRIBUTE, idempotent
 
 
-def _undecorated(view):
-    """The function under ``@api_view`` and ``@idempotent``: the same handler,
-    the same code, with nothing of this package around it."""
+def _handler(view):
+    """The function under ``@api_view`` and ``@idempotent``."""
     decorated = view.cls.post.__closure__[0].cell_contents  # DRF's handler closure
     if not hasattr(decorated, OPTIONS_ATTRIBUTE):
         raise RuntimeError(f"{view.__name__} is not an @idempotent handler under @api_view")
-    return api_view(["POST"])(decorated.__wrapped__)
+    return decorated.__wrapped__
+
+
+def _undecorated(view):
+    """The same handler, the same code, with nothing of this package around it."""
+    return api_view(["POST"])(_handler(view))
+
+
+def _in_redis(view):
+    """The same handler with its records in Redis (benchmarks/replay.py)."""
+    return api_view(["POST"])(idempotent(backend="redis")(_handler(view)))
 
 
 urlpatterns = [
     path("api/undecorated/charges/", _undecorated(views.charge), name="charge-undecorated"),
+    path("api/redis-store/charges/", _in_redis(views.charge), name="charge-redis-store"),
     path("", include("example_project.urls")),
 ]

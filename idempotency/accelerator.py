@@ -46,31 +46,29 @@ class Accelerator:
         self.namespace = f"db:{database}"
         self.errors = redis.errors()
 
-    def lookup(self, info: RequestInfo) -> Claim | None:
-        """What Redis knows of the key, or ``None``: ask the database."""
+    def lookup(
+        self, info: RequestInfo, lock_timeout: timedelta
+    ) -> tuple[Claim | None, bytes | None]:
+        """What Redis knows of the key, or ``None`` (ask the database) and
+        the in-flight marker this request set, in one round trip.
+
+        Marking before the database has answered costs nothing in safety: a
+        marker only ever yields a 409, it lives a few seconds at most, and
+        the caller removes it at once unless the database lets this request
+        run the handler."""
+        marker = redis.encode(redis.IN_FLIGHT, secrets.token_hex(16), info.fingerprint)
+        lifetime = redis.milliseconds(min(lock_timeout, MARKER_LIFETIME))
         try:
-            found = self.redis.get(self._key(info))
+            found = self.redis.eval(redis.CLAIM, 1, self._key(info), marker, lifetime)
         except self.errors as exc:
             _fall_back("read", exc)
-            return None
+            return None, None
         if found is None:
-            return None
+            return None, marker
         try:
-            return redis.Entry.decode(found).claim()
+            return redis.Entry.decode(found).claim(), None
         except (ValueError, KeyError, TypeError):
-            return None  # not ours: the database will answer
-
-    def mark(self, info: RequestInfo, lock_timeout: timedelta) -> bytes | None:
-        """Mark the key in flight; return the marker, which only its owner
-        removes."""
-        marker = redis.encode(redis.IN_FLIGHT, secrets.token_hex(16), info.fingerprint)
-        lifetime = min(lock_timeout, MARKER_LIFETIME)
-        try:
-            self.redis.set(self._key(info), marker, px=redis.milliseconds(lifetime))
-        except self.errors as exc:
-            _fall_back("mark", exc)
-            return None
-        return marker
+            return None, None  # not ours: the database will answer, and replace it
 
     def unmark(self, info: RequestInfo, marker: bytes) -> None:
         try:
@@ -105,19 +103,21 @@ def for_database(database: str) -> Accelerator | None:
 
 
 class Flight:
-    """One execution of a handler, as the accelerator follows it: marked in
-    flight once claimed, copied once committed, unmarked otherwise."""
+    """One request, as the accelerator follows it: marked in flight by the
+    lookup, copied once its stored response commits, unmarked otherwise."""
 
-    def __init__(self, accelerator: Accelerator | None, info: RequestInfo, database: str) -> None:
+    def __init__(
+        self,
+        accelerator: Accelerator | None,
+        info: RequestInfo,
+        database: str,
+        marker: bytes | None,
+    ) -> None:
         self.accelerator = accelerator
         self.info = info
         self.database = database
-        self.marker: bytes | None = None
+        self.marker = marker
         self.stored = False
-
-    def start(self, lock_timeout: timedelta) -> None:
-        if self.accelerator is not None:
-            self.marker = self.accelerator.mark(self.info, lock_timeout)
 
     def succeed(self, response: StoredResponse, expires_at: datetime) -> None:
         """The response is stored in the claim's transaction: copy it to

@@ -90,18 +90,18 @@ def _protect_in_database(
     stored response commit together or not at all (CONTRACT G2)."""
     store = DatabaseStore(settings.DATABASE)
     accelerator = accelerators.for_database(store.alias)
+    marker = None
     if accelerator is not None:
-        known = accelerator.lookup(info)
+        known, marker = accelerator.lookup(info, settings.LOCK_TIMEOUT)
         if known is not None:
             return _answer(known, info)
-    flight = accelerators.Flight(accelerator, info, store.alias)
+    flight = accelerators.Flight(accelerator, info, store.alias, marker)
     session = None
     try:
         session = store.session()
         with store.atomic():
             claim = store.claim(info, settings.LOCK_TIMEOUT)
             if claim.outcome is Outcome.CLAIMED:
-                flight.start(settings.LOCK_TIMEOUT)
                 return _execute(request, call, options, store, claim, flight)
     except _RolledBack as rolled_back:
         return rolled_back.response
