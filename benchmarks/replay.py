@@ -5,7 +5,7 @@ and with the Redis-only store, interleaved in one run, on each database.
     python -m benchmarks.replay [sqlite] [postgres] [mariadb] [--rounds N]
 
 Databases are named or given as URLs (default: all three, on 127.0.0.1);
-Redis is ``BENCH_REDIS_URL`` (default redis://127.0.0.1:6379/0, keys under
+Redis is ``BENCH_REDIS_URL`` (default redis://127.0.0.1:6379/1, keys under
 the prefix ``idempotency-bench``, deleted afterwards). Each request goes
 through the project's whole WSGI application in-process; the accelerator is
 switched by assigning ``settings.IDEMPOTENCY`` between requests.

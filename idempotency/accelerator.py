@@ -6,22 +6,25 @@ run. It can only answer sooner than the database would:
 
 * a replay (or 422) of a record the database committed: the copy is written
   after the commit, and expires with the record;
-* a 409 while an in-flight marker lives: it is set once the database claim is
-  held, removed when the claim rolls back, and expires after
+* a 409 while an in-flight marker lives: the lookup sets it when Redis knows
+  nothing of the key; the request removes it when it ends, unless the copy
+  of its committed response replaced it; and it expires after
   ``MARKER_LIFETIME`` (or ``LOCK_TIMEOUT`` if shorter) in any case. A marker
   left behind by a worker that died, or by an outage of Redis, can thus
   delay a retry by a few seconds at most; duplicates of a handler that runs
   longer than that get their 409 from the database instead.
 
 A flush, a restart or an outage of Redis therefore only sends requests to
-the database. Every Redis error is logged, once per failed command, on the
-``idempotency`` logger, and the request goes on without Redis.
+the database. Every Redis error is logged on the ``idempotency`` logger, and
+the process then leaves Redis alone for ``REST_AFTER_ERROR`` seconds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
+import time
 from datetime import datetime, timedelta
 
 from django.db import connections, transaction
@@ -42,9 +45,11 @@ class Accelerator:
     """Copies of one database alias's committed records, in Redis."""
 
     def __init__(self, cache_alias: str, database: str) -> None:
+        self.cache_alias = cache_alias
         self.redis = redis.connection(cache_alias)
-        self.namespace = f"db:{database}"
+        self.namespace = f"db:{database}:{_identity(database)}"
         self.errors = redis.errors()
+        self.failed = False  # once Redis failed, this request leaves it alone
 
     def lookup(
         self, info: RequestInfo, lock_timeout: timedelta
@@ -61,7 +66,7 @@ class Accelerator:
         try:
             found = self.redis.eval(redis.CLAIM, 1, self._key(info), marker, lifetime)
         except self.errors as exc:
-            _fall_back("read", exc)
+            self._fall_back("read", exc)
             return None, None
         if found is None:
             return None, marker
@@ -71,35 +76,77 @@ class Accelerator:
             return None, None  # not ours: the database will answer, and replace it
 
     def unmark(self, info: RequestInfo, marker: bytes) -> None:
+        # (A marker exists only if Redis answered the lookup.)
         try:
             self.redis.eval(redis.RELEASE, 1, self._key(info), marker)
         except self.errors as exc:
             # The marker expires soon; until then duplicates get a 409 they
             # may retry.
-            _fall_back("unmark", exc)
+            self._fall_back("unmark", exc)
 
     def remember(
         self, info: RequestInfo, fingerprint: str, response: StoredResponse, expires_at: datetime
     ) -> None:
         """Keep a committed record until the database's copy expires (a
         record already past it is kept for a millisecond)."""
+        if self.failed:
+            return
         left = expires_at - timezone.now()
         value = redis.encode(redis.COMPLETED, "", fingerprint, response)
         try:
             self.redis.set(self._key(info), value, px=redis.milliseconds(left))
         except self.errors as exc:
-            _fall_back("copy", exc)
+            self._fall_back("copy", exc)
 
     def _key(self, info: RequestInfo) -> str:
         return redis.record_key(self.namespace, info)
 
+    def _fall_back(self, step: str, exc: Exception) -> None:
+        self.failed = True
+        _rest(self.cache_alias, f"{step}: {type(exc).__name__}: {exc}")
+
 
 def for_database(database: str) -> Accelerator | None:
-    """The accelerator of ``database``, if ``IDEMPOTENCY`` turns it on."""
+    """The accelerator of ``database``, if ``IDEMPOTENCY`` turns it on and
+    Redis has not just failed."""
     alias = settings.REDIS
     if alias is None or not settings.REDIS_ACCELERATOR:
         return None
-    return Accelerator(alias, database)
+    if time.monotonic() < _resting.get(alias, 0.0):
+        return None
+    try:
+        return Accelerator(alias, database)
+    except redis.Unusable as exc:
+        _rest(alias, str(exc))
+        return None
+
+
+def _identity(database: str) -> str:
+    """Which database a copy belongs to, beyond its alias: projects (or
+    test runs) that share a Redis and an alias name must not share copies."""
+    connection = connections[database]
+    where = connection.settings_dict
+    described = "\n".join(
+        str(part)
+        for part in (connection.vendor, where.get("HOST"), where.get("PORT"), where.get("NAME"))
+    )
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
+
+
+# After a Redis error the accelerator rests, per cache alias and process, so
+# that a Redis that hangs costs one request a socket timeout now and then
+# rather than every request several.
+REST_AFTER_ERROR = 5.0
+_resting: dict[str, float] = {}
+
+
+def _rest(alias: str, what: str) -> None:
+    _resting[alias] = time.monotonic() + REST_AFTER_ERROR
+    logger.warning(
+        "Redis unavailable (%s); the database answers alone for the next %g s.",
+        what,
+        REST_AFTER_ERROR,
+    )
 
 
 class Flight:
@@ -117,7 +164,6 @@ class Flight:
         self.info = info
         self.database = database
         self.marker = marker
-        self.stored = False
 
     def succeed(self, response: StoredResponse, expires_at: datetime) -> None:
         """The response is stored in the claim's transaction: copy it to
@@ -125,31 +171,18 @@ class Flight:
         accelerator = self.accelerator
         if accelerator is None:
             return
-        self.stored = True
 
         def copy() -> None:
             self.marker = None  # replaced by the copy
             accelerator.remember(self.info, self.info.fingerprint, response, expires_at)
 
-        transaction.on_commit(copy, using=self.database)
+        transaction.on_commit(copy, using=self.database, robust=True)
 
     def end(self) -> None:
-        """Called once the claim's ``atomic`` block has been left."""
-        if self.accelerator is None or self.marker is None:
-            return
-        if self.stored and connections[self.database].in_atomic_block:
-            # An outer transaction (ATOMIC_REQUESTS) has yet to commit; the
-            # copy replaces the marker then. If it rolls back instead, the
-            # marker expires soon.
-            return
-        self.accelerator.unmark(self.info, self.marker)
-        self.marker = None
-
-
-def _fall_back(step: str, exc: Exception) -> None:
-    logger.warning(
-        "Redis unavailable (%s: %s: %s); the database answers instead.",
-        step,
-        type(exc).__name__,
-        exc,
-    )
+        """Called once the claim's ``atomic`` block has been left: remove
+        this request's marker. A copy follows when the stored response
+        commits (at once, or with an outer ``ATOMIC_REQUESTS`` transaction);
+        until then the database answers duplicates itself."""
+        if self.accelerator is not None and self.marker is not None:
+            self.accelerator.unmark(self.info, self.marker)
+            self.marker = None

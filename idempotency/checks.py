@@ -17,6 +17,7 @@ from django.db import connections
 from django.urls import get_resolver
 from django.utils.module_loading import import_string
 
+from .backends import redis
 from .backends.database import UnsupportedDatabase, dialect_for
 from .conf import BACKENDS, DEFAULTS, NEVER_REPLAYED, as_timedelta, settings, user_settings
 from .options import LONGEST_LOCK_TIMEOUT, LONGEST_TTL, REDIS_BACKEND_VIEWS
@@ -243,6 +244,16 @@ def _redis(value: Any) -> list[checks.CheckMessage]:
             f"names the {value!r} cache, whose ShardClient gives no single connection.",
             "Use the DefaultClient (one primary, optional replicas) or the SentinelClient.",
             "idempotency.E019",
+        )
+    try:
+        # Builds the client from the cache's OPTIONS; connects to nothing.
+        redis.connection(value)
+    except redis.Unusable as exc:
+        return _error(
+            "REDIS",
+            f"cannot be used: {exc}.",
+            "Fix the cache's OPTIONS; records are bytes, so leave decode_responses off.",
+            "idempotency.E024",
         )
     return []
 

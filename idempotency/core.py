@@ -7,6 +7,7 @@ authentication, permissions and throttling always come before a replay.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable
@@ -88,14 +89,17 @@ def _protect_in_database(
 ) -> HttpResponseBase:
     """The handler runs in the claim's transaction: its effects and its
     stored response commit together or not at all (CONTRACT G2)."""
-    store = DatabaseStore(settings.DATABASE)
-    accelerator = accelerators.for_database(store.alias)
+    alias = settings.DATABASE
+    accelerator = accelerators.for_database(alias)
     marker = None
     if accelerator is not None:
+        # Before anything touches the database: a replay from Redis needs no
+        # connection at all.
         known, marker = accelerator.lookup(info, settings.LOCK_TIMEOUT)
         if known is not None:
             return _answer(known, info)
-    flight = accelerators.Flight(accelerator, info, store.alias, marker)
+    store = DatabaseStore(alias)
+    flight = accelerators.Flight(accelerator, info, alias, marker)
     session = None
     try:
         session = store.session()
@@ -124,10 +128,18 @@ def _protect_in_database(
     finally:
         flight.end()
     if accelerator is not None and claim.outcome is Outcome.COMPLETED:
-        # Redis lost its copy (flushed, restarted, evicted): put it back.
+        # Redis lost its copy (flushed, restarted, evicted): put it back, once
+        # the record read is known to be committed (an outer transaction
+        # that wrote it, as in a TestCase, may still roll back).
         assert claim.response is not None
         assert claim.expires_at is not None
-        accelerator.remember(info, claim.fingerprint, claim.response, claim.expires_at)
+        transaction.on_commit(
+            functools.partial(
+                accelerator.remember, info, claim.fingerprint, claim.response, claim.expires_at
+            ),
+            using=alias,
+            robust=True,
+        )
     return _answer(claim, info)
 
 
@@ -207,7 +219,7 @@ def _protect_in_redis(
     except redis_errors:
         logger.error(
             "Redis unavailable while storing the response of %s %s: the handler ran but its "
-            "response is not stored, and the key is free again once its lease "
+            "response may not be stored; if not, the key is free again once its lease "
             "(LOCK_TIMEOUT) expires.",
             request.method,
             request.path,

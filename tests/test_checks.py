@@ -311,11 +311,20 @@ def redis_errors(cache: dict | None, **idempotency) -> list:
 
 def test_redis_settings_valid():
     assert redis_errors(REDIS_CACHE) == []
+    # Sentinel, as django-redis documents it (nothing is contacted).
     sentinel = {
-        **REDIS_CACHE,
-        "OPTIONS": {"CLIENT_CLASS": "django_redis.client.SentinelClient"},
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": "redis://mymaster/0",
+        "OPTIONS": {
+            "CLIENT_CLASS": "django_redis.client.SentinelClient",
+            "CONNECTION_POOL_CLASS": "redis.sentinel.SentinelConnectionPool",
+            "SENTINELS": [("127.0.0.1", 1)],
+        },
     }
-    assert redis_errors(sentinel, REDIS_ACCELERATOR=False, REDIS_KEY_PREFIX="shop:idem") == []
+    factory = "django_redis.pool.SentinelConnectionFactory"
+    with override_settings(DJANGO_REDIS_CONNECTION_FACTORY=factory):
+        errors = redis_errors(sentinel, REDIS_ACCELERATOR=False, REDIS_KEY_PREFIX="shop:idem")
+    assert errors == []
     assert redis_errors(REDIS_CACHE, BACKEND="redis") == []
 
 
@@ -382,6 +391,23 @@ def test_e019_not_a_django_redis_connection(cache):
     ((id, msg, _hint),) = redis_errors(cache)
     assert id == "idempotency.E019"
     assert msg.startswith("IDEMPOTENCY['REDIS'] names the 'store' cache, whose ")
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"SOCKET_TIMEOUT": "1"}, "Socket timeout should be float or integer"),
+        ({"CONNECTION_POOL_KWARGS": {"decode_responses": True}}, "decode_responses=True"),
+    ],
+)
+def test_e024_unusable_connection(options, problem):
+    # A URL of its own: django-redis keeps one connection pool per URL.
+    cache = {**REDIS_CACHE, "LOCATION": "redis://127.0.0.1:1/13", "OPTIONS": options}
+    ((id, msg, hint),) = redis_errors(cache)
+    assert id == "idempotency.E024"
+    assert msg.startswith("IDEMPOTENCY['REDIS'] cannot be used: the 'store' cache ")
+    assert problem in msg
+    assert hint == "Fix the cache's OPTIONS; records are bytes, so leave decode_responses off."
 
 
 def test_e020_e022_e023_values():

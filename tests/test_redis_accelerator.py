@@ -14,12 +14,13 @@ import uuid
 
 import pytest
 from django.conf import settings as django_settings
-from django.db import connections
+from django.db import connections, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_redis import get_redis_connection
 
+from idempotency import accelerator
 from idempotency.models import IdempotencyKey
 from tests.concurrency import Threads, send, tally
 from tests.redis_proxy import RedisProxy
@@ -48,6 +49,14 @@ class Queries(CaptureQueriesContext):
 
     def __init__(self) -> None:
         super().__init__(connections["default"])
+
+
+@pytest.fixture(autouse=True)
+def awake():
+    """Each test starts with the accelerator willing to use Redis."""
+    accelerator._resting.clear()
+    yield
+    accelerator._resting.clear()
 
 
 @pytest.fixture
@@ -89,6 +98,16 @@ def test_replay_sends_no_sql(user, redis_db):
     assert replay["Location"] == first["Location"]
     assert reused.status_code == 422
     assert executions(key) == 1
+
+
+@pytest.mark.server_db
+def test_replay_from_redis_opens_no_database_connection(user, redis_db):
+    key = new_key()
+    first = send(user, key)
+    connections["default"].close()
+    replay = send(user, key)
+    assert replay.content == first.content
+    assert connections["default"].connection is None
 
 
 def test_the_copy_expires_with_the_record(user, redis_db):
@@ -233,7 +252,7 @@ def test_unreachable_redis_falls_back_to_the_database(user, proxy, caplog):
     assert replay.content == first.content
     assert executions(key) == 1
     assert "Redis unavailable (read: ConnectionError" in caplog.text
-    assert "the database answers instead" in caplog.text
+    assert "the database answers alone for the next 5 s" in caplog.text
 
 
 @pytest.mark.server_db
@@ -283,3 +302,96 @@ def test_redis_lost_before_a_failed_claim_is_unmarked(user, proxy, redis_db, gat
     # The marker outlives the claim, for its short life only.
     assert 0 < redis_db.pttl(marker) <= 5000
     assert executions(key) == 0
+
+
+# Copies follow commits, and never cross scopes or databases.
+
+
+def test_a_copy_is_written_only_once_the_response_commits(user, redis_db):
+    key = new_key()
+    with transaction.atomic():
+        first = send(user, key)  # the same connection: the package's block is nested
+        assert first.status_code == 201
+        # Neither a copy nor the marker outlives the request while the
+        # outer transaction may still roll back.
+        assert copies(redis_db) == []
+        transaction.set_rollback(True)
+    assert copies(redis_db) == []
+    again = send(user, key)
+    assert "Idempotent-Replayed" not in again
+    assert executions(key) == 1
+    assert len(copies(redis_db)) == 1
+
+
+def test_a_copy_put_back_waits_for_the_commit_too(user, redis_db):
+    key = new_key()
+    first = send(user, key)
+    redis_db.flushdb()
+    with transaction.atomic():
+        replay = send(user, key)
+        assert replay.content == first.content
+        assert copies(redis_db) == []
+    assert len(copies(redis_db)) == 1
+
+
+def test_copies_never_cross_users(user, other_user, redis_db):
+    key = new_key()
+    alice = send(user, key)
+    bob = send(other_user, key)
+    assert "Idempotent-Replayed" not in bob
+    assert alice.content != bob.content
+    assert send(user, key).content == alice.content
+    assert send(other_user, key).content == bob.content
+    assert executions(key) == 2
+    assert len(copies(redis_db)) == 2
+
+
+@pytest.mark.django_db(databases=["default", "other"], transaction=True)
+def test_copies_are_kept_per_database(user, redis_db):
+    with override_settings(IDEMPOTENCY={**ACCELERATED, "DATABASE": "other"}):
+        key = new_key()
+        first = send(user, key, "/other-database/")
+        assert send(user, key, "/other-database/").content == first.content
+    (copy,) = redis_db.scan_iter(match=b"idempotency:v1:db:*")
+    identity = accelerator._identity("other")
+    assert copy.startswith(f"idempotency:v1:db:other:{identity}:".encode())
+    # Two databases behind the same alias name (two projects, two test
+    # runs) are told apart by where they are.
+    assert identity != accelerator._identity("default")
+
+
+def test_an_unusable_cache_leaves_the_database_to_answer(user, redis_db, caplog):
+    caches = {
+        **django_settings.CACHES,
+        "broken": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            # A URL of its own: django-redis shares one pool per URL.
+            "LOCATION": django_settings.REDIS_URL.rsplit("/", 1)[0] + "/14",
+            "OPTIONS": {"CONNECTION_POOL_KWARGS": {"decode_responses": True}},
+        },
+    }
+    key = new_key()
+    with override_settings(CACHES=caches, IDEMPOTENCY={"REDIS": "broken"}):
+        first = send(user, key)
+        replay = send(user, key)
+    assert first.status_code == 201
+    assert replay.content == first.content
+    assert executions(key) == 1
+    assert "decodes responses" in caplog.text
+    assert copies(redis_db) == []
+
+
+def test_after_an_error_redis_is_left_alone_for_a_while(user, proxy, redis_db, caplog):
+    proxy.cut()
+    send(user, new_key())
+    # One line: the request that met the error asks Redis nothing more.
+    assert caplog.text.count("Redis unavailable") == 1
+    assert "the database answers alone for the next 5 s" in caplog.text
+    proxy.restore()
+    resting = new_key()
+    assert send(user, resting).status_code == 201
+    # Resting: that request neither looked Redis up nor copied to it.
+    assert copies(redis_db) == []
+    accelerator._resting.clear()
+    assert send(user, resting)["Idempotent-Replayed"] == "true"
+    assert len(copies(redis_db)) == 1

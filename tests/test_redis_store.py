@@ -8,6 +8,7 @@ cut between the package and Redis (``tests.redis_proxy``).
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from datetime import timedelta
@@ -238,6 +239,46 @@ def test_response_too_large_is_answered_once_and_never_run_again(client, redis_d
     assert runs(key) == 1
 
 
+def test_streamed_response_too_large_is_answered_once(client, redis_db):
+    key = new_key()
+    with override_settings(IDEMPOTENCY={**REDIS, "MAX_RESPONSE_BYTES": 1000}):
+        first = post(client, key, url=f"{URL}?stream=2500")
+        retry = post(client, key, url=f"{URL}?stream=2500")
+    assert first.status_code == retry.status_code == 500
+    assert retry.content == first.content
+    assert runs(key) == 1
+
+
+def test_key_optional_when_not_required(client, redis_db):
+    with override_settings(IDEMPOTENCY={**REDIS, "REQUIRED": False}):
+        assert post(client, None).status_code == 201
+        assert post(client, None).status_code == 201
+    assert runs("") >= 2
+    assert stored_keys(redis_db) == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"SOCKET_TIMEOUT": "1"}, {"CONNECTION_POOL_KWARGS": {"decode_responses": True}}],
+)
+def test_an_unusable_cache_fails_closed(client, redis_db, options, caplog):
+    caches = {
+        **django_settings.CACHES,
+        "broken": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            # A URL of its own: django-redis shares one pool per URL.
+            "LOCATION": django_settings.REDIS_URL.rsplit("/", 1)[0] + "/14",
+            "OPTIONS": options,
+        },
+    }
+    key = new_key()
+    with override_settings(CACHES=caches, IDEMPOTENCY={**REDIS, "REDIS": "broken"}):
+        response = post(client, key)
+    assert response.status_code == 503
+    assert runs(key) == 0
+    assert "answered 503" in caplog.text
+
+
 def test_expired_record_is_a_new_key(client, redis_db):
     key = new_key()
     with override_settings(IDEMPOTENCY={**REDIS, "TTL": 0.2}):
@@ -442,7 +483,7 @@ def test_redis_lost_while_the_handler_runs(user, proxy, redis_db, gate, caplog):
     (response,) = first.join()
     # The handler ran: its client gets its answer, not an error to retry.
     assert response.status_code == 201
-    assert "response is not stored" in caplog.text
+    assert "response may not be stored" in caplog.text
     # While Redis is away, retries are refused, never run.
     assert send(user, key).status_code == 503
     proxy.restore()
@@ -484,3 +525,14 @@ def test_stored_value_is_one_json_line_and_the_body(client, redis_db):
     assert header["state"] == "completed"
     assert header["status"] == 201
     assert body == first.content
+
+
+def test_without_redis_py_installed_views_fail_closed(client, monkeypatch, caplog):
+    # As on a machine without the "redis" extra: both imports fail.
+    for module in ("redis.exceptions", "django_redis"):
+        monkeypatch.setitem(sys.modules, module, None)
+    assert redis_backend.errors() == (redis_backend.Unusable,)
+    key = new_key()
+    assert post(client, key).status_code == 503
+    assert runs(key) == 0
+    assert "answered 503" in caplog.text

@@ -59,25 +59,44 @@ return 0
 """
 
 
+class Unusable(Exception):
+    """The cache gives no Redis connection this package can use."""
+
+
 def connection(alias: str | None) -> Any:
-    """The raw client of the django-redis cache ``alias`` (the primary)."""
+    """The raw client of the django-redis cache ``alias`` (the primary).
+
+    Raises :class:`Unusable` if there is none, which callers treat as an
+    outage: the system checks report the configuration, and requests must
+    not fail for it where the database can answer.
+    """
     if alias is None:
         raise ImproperlyConfigured(
             'A view uses backend="redis" but IDEMPOTENCY["REDIS"] names no django-redis '
             "cache. `manage.py check` reports this as idempotency.E021."
         )
-    from django_redis import get_redis_connection
+    try:
+        from django_redis import get_redis_connection
 
-    return get_redis_connection(alias, write=True)
+        client = get_redis_connection(alias, write=True)
+    except Exception as exc:
+        raise Unusable(f"the {alias!r} cache gives no Redis connection: {exc!r}") from exc
+    if client.connection_pool.connection_kwargs.get("decode_responses"):
+        # Records hold response bodies as bytes; decoded, they would not
+        # parse, and a binary body could not be read back at all.
+        raise Unusable(f"the {alias!r} cache decodes responses (decode_responses=True)")
+    return client
 
 
 def errors() -> tuple[type[Exception], ...]:
-    """What a lost or refusing Redis raises: connection refused or reset,
-    timeouts, a read-only replica, a script error. Imported late so that the
-    package works without redis-py installed until Redis is configured."""
-    from redis.exceptions import RedisError
-
-    return (RedisError,)
+    """What a lost, refusing or unusable Redis raises: connection refused or
+    reset, timeouts, a read-only replica, a script error. Imported late so
+    that the package works without redis-py until Redis is configured."""
+    try:
+        from redis.exceptions import RedisError
+    except ImportError:
+        return (Unusable,)
+    return (RedisError, Unusable)
 
 
 def record_key(namespace: str, info: RequestInfo) -> str:
