@@ -12,13 +12,24 @@ flight), not against the responses alone. Per database:
 3. terminated sessions: the database ends every session of the server while
    charges are held in flight and others arrive;
 4. (PostgreSQL) a restart of the database server under the same traffic;
-5. every key once more: each must answer 201 (a replay, or a first
+5. with ``--redis``, a restart of Redis under the same traffic;
+6. every key once more: each must answer 201 (a replay, or a first
    execution for a key whose request never committed), never 409 or 5xx.
+
+With ``--redis`` the server runs with the Redis accelerator in front of the
+database store, and phase 1 also fires every other key at the charge under
+``backend="redis"`` (``BENCH_REDIS_URL``, default redis://127.0.0.1:6379/1).
+Redis restarts without persistence, which by design forgets the Redis
+store's records, so those keys are checked in phase 1 and left out of
+phase 6.
 
     python -m benchmarks.stress [postgres] [mariadb]            # the full run
     python -m benchmarks.stress postgres mariadb --quick        # CI's bounded run
+    python -m benchmarks.stress postgres --quick --redis        # with Redis
 
-It restarts PostgreSQL (``pg_ctlcluster``), so it needs the rights to.
+It restarts PostgreSQL (``pg_ctlcluster``) and, with ``--redis``, the Redis
+server (``redis-cli shutdown``, then ``redis-server`` as CI starts it), so it
+needs the rights to.
 """
 
 from __future__ import annotations
@@ -44,10 +55,12 @@ from typing import Any
 from . import common, server
 
 CHARGES = "/api/charges/"
+REDIS_STORE_CHARGES = "/api/redis-store/charges/"
 USERS = ("bench", "bench2")
 BALANCE = 1_000_000_000
 LOCK_TIMEOUT = 3.0  # seconds: short, so a killed worker's claim expires soon
 DATABASE_NAME = "idempotency_stress"
+REDIS_DOWN = 3.0  # seconds Redis stays stopped in the --redis phase
 
 
 @dataclass
@@ -62,6 +75,7 @@ class Answer:
     replayed: bool = False
     problem: str = ""
     location: str = ""
+    path: str = CHARGES
 
 
 @dataclass
@@ -74,16 +88,24 @@ class Harness:
     # thread still running after its time. The run fails on any.
     errors: list[str] = field(default_factory=list)
 
-    def charge(self, user: str, key: str, amount: int, phase: str, hold: bool = False) -> Answer:
+    def charge(
+        self,
+        user: str,
+        key: str,
+        amount: int,
+        phase: str,
+        hold: bool = False,
+        path: str = CHARGES,
+    ) -> Answer:
         # A retry sends the same payload, hold marker included.
         payload = json.dumps({"amount": amount, "description": f"hold {key}" if hold else key})
         headers = {"X-Bench-User": user, "Idempotency-Key": key}
         try:
             status, body, response_headers = server.post(
-                self.port, CHARGES, payload.encode(), headers, timeout=90
+                self.port, path, payload.encode(), headers, timeout=90
             )
         except (OSError, HTTPException):
-            answer = Answer(user, key, amount, phase, 0, hold)
+            answer = Answer(user, key, amount, phase, 0, hold, path=path)
         else:
             problem = ""
             if response_headers.get("Content-Type") == "application/problem+json":
@@ -99,6 +121,7 @@ class Harness:
                 response_headers.get("Idempotent-Replayed") == "true",
                 problem,
                 response_headers.get("Location", ""),
+                path,
             )
         with self.lock:
             self.answers.append(answer)
@@ -128,8 +151,11 @@ class Harness:
 
     # The phases.
 
-    def duplicates(self, keys: int, copies: int, distinct: int, concurrent_keys: int) -> None:
-        """Every key ``copies`` times at once; every fourth key by both users.
+    def duplicates(
+        self, keys: int, copies: int, distinct: int, concurrent_keys: int, redis_store: bool
+    ) -> None:
+        """Every key ``copies`` times at once; every fourth key by both users;
+        with ``redis_store``, every other key to the Redis store's charge.
         Meanwhile ``distinct`` keys are sent once each, interleaved."""
         stop = threading.Event()
         distinct_keys = [str(uuid.uuid4()) for _ in range(distinct)]
@@ -146,8 +172,12 @@ class Harness:
             key, amount = str(uuid.uuid4()), random.randint(1, 9)
             users = USERS if index % 4 == 0 else USERS[:1]
             senders = [users[n % len(users)] for n in range(copies)]
+            path = REDIS_STORE_CHARGES if redis_store and index % 2 else CHARGES
             self.at_once(
-                [lambda user=user: self.charge(user, key, amount, "dup") for user in senders]
+                [
+                    lambda user=user: self.charge(user, key, amount, "dup", path=path)
+                    for user in senders
+                ]
             )
 
         with ThreadPoolExecutor(concurrent_keys) as pool:
@@ -210,12 +240,35 @@ class Harness:
                 future.result(timeout=120)
         self.release(held)
 
+    def redis_outage(self, requests: int) -> None:
+        """Stop Redis while three charges are in flight and ``requests`` more
+        arrive, release the held ones while it is down, and start it again
+        after REDIS_DOWN seconds."""
+        held = self.hold(3, "redis restart")
+        pending = [(random.choice(USERS), str(uuid.uuid4())) for _ in range(requests)]
+        stop_redis()
+        stopped = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            futures = [
+                pool.submit(self.charge, user, key, random.randint(1, 9), "redis restart")
+                for user, key in pending
+            ]
+            time.sleep(1)
+            # Within LOCK_TIMEOUT of their claim, or the database would end
+            # their idle sessions; their copies to Redis then fail.
+            self.release(held)
+            time.sleep(max(0.0, REDIS_DOWN - (time.monotonic() - stopped)))
+            start_redis()
+            for future in futures:
+                future.result(timeout=120)
+
     def every_key_again(self) -> None:
         """The client's retry of every key, after LOCK_TIMEOUT."""
         time.sleep(LOCK_TIMEOUT + 0.5)
         latest: dict[tuple[str, str], Answer] = {}
         for answer in self.answers:
-            latest[answer.user, answer.key] = answer
+            if answer.path == CHARGES:
+                latest[answer.user, answer.key] = answer
         with ThreadPoolExecutor(4) as pool:
             list(
                 pool.map(
@@ -277,6 +330,51 @@ def restart_postgresql() -> None:
         raise RuntimeError("PostgreSQL did not restart")
 
 
+def redis_address() -> tuple[str, str]:
+    from django_redis import get_redis_connection
+
+    kwargs = get_redis_connection("idempotency").connection_pool.connection_kwargs
+    return str(kwargs.get("host", "127.0.0.1")), str(kwargs.get("port", 6379))
+
+
+def stop_redis() -> None:
+    """Shut the Redis server down, losing its data (it keeps none on disk)."""
+    host, port = redis_address()
+    subprocess.run(["redis-cli", "-h", host, "-p", port, "shutdown", "nosave"], check=False)
+
+
+def start_redis() -> None:
+    """Start Redis as CI does, and prove it is a new server."""
+    from django_redis import get_redis_connection
+
+    port = redis_address()[1]
+    subprocess.run(
+        [
+            "redis-server",
+            "--daemonize", "yes",
+            "--bind", "127.0.0.1", "-::1",
+            "--port", port,
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", "/var/lib/redis",
+            "--logfile", "/var/log/redis/ci.log",
+        ],
+        check=True,
+    )  # fmt: skip
+    redis = get_redis_connection("idempotency")
+    deadline = time.monotonic() + 30
+    while True:  # --daemonize returns before the server listens
+        try:
+            uptime = int(redis.info("server")["uptime_in_seconds"])
+            break
+        except Exception:  # redis-py's ConnectionError, until it listens
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    if uptime > 30:
+        raise RuntimeError("Redis did not restart")
+
+
 def verify(answers: list[Answer]) -> dict[str, Any]:
     """The outcome, from the database: charges per key and user, balances,
     records left in flight; and the answers checked against it."""
@@ -330,6 +428,8 @@ def verify(answers: list[Answer]) -> dict[str, Any]:
         "kill retry": {201},
         "terminate": {0, 201, 409, 500, 503},
         "restart": {0, 201, 409, 500, 503},
+        # Redis down: the database answers alone, so nothing changes.
+        "redis restart": {201, 409},
         "retry": {201},
     }
     unexpected = Counter(
@@ -384,8 +484,10 @@ def causes_of_500(log: str) -> dict[str, int]:
     return dict(causes)
 
 
-def one(url: str, quick: bool, workers: int) -> dict[str, Any]:
+def one(url: str, quick: bool, workers: int, redis: bool) -> dict[str, Any]:
     os.environ["BENCH_LOCK_TIMEOUT"] = str(LOCK_TIMEOUT)
+    if redis:
+        os.environ["BENCH_REDIS_ACCELERATOR"] = "1"
     os.environ["BENCH_DATABASE_NAME"] = DATABASE_NAME
     # The server's log is read afterwards for the cause of every 500.
     os.environ["BENCH_REQUEST_LOG_LEVEL"] = "ERROR"
@@ -416,7 +518,7 @@ def one(url: str, quick: bool, workers: int) -> dict[str, Any]:
         with server.gunicorn(workers, env=env, extra=("--timeout=120",), log=log) as served:
             harness = Harness(served.port, hold_file)
             harness.duplicates(
-                size["keys"], size["copies"], size["distinct"], size["concurrent_keys"]
+                size["keys"], size["copies"], size["distinct"], size["concurrent_keys"], redis
             )
             events["killed_worker"], kill_retry = harness.killed_worker()
             events["kill_retry"] = f"{kill_retry.status}{' replay' if kill_retry.replayed else ''}"
@@ -428,10 +530,22 @@ def one(url: str, quick: bool, workers: int) -> dict[str, Any]:
             )
             if vendor == "postgresql":
                 harness.under_traffic(restart_postgresql, "restart", size["traffic"])
+            if redis:
+                harness.redis_outage(size["traffic"])
             connection.close()
             harness.every_key_again()
             result = verify(harness.answers)
             result["client_errors"] = harness.errors
+            if redis:
+                # The accelerator really served: copies of committed responses.
+                from django_redis import get_redis_connection
+
+                result["redis_copies"] = sum(
+                    1
+                    for _ in get_redis_connection("idempotency").scan_iter(
+                        match="idempotency-bench:v1:db:*", count=1000
+                    )
+                )
             result["unavailable_by_phase"] = dict(
                 Counter(a.phase for a in harness.answers if a.problem == "database-unavailable")
             )
@@ -443,8 +557,11 @@ def one(url: str, quick: bool, workers: int) -> dict[str, Any]:
                 )
             )
         connection.close()
-    result["causes_of_500"] = causes_of_500(log.read_text(errors="replace"))
+    logged = log.read_text(errors="replace")
+    result["causes_of_500"] = causes_of_500(logged)
     result.update(
+        redis=redis,
+        redis_fallbacks=logged.count("Redis unavailable ("),
         vendor=vendor,
         server=version,
         workers=workers,
@@ -487,6 +604,10 @@ def failures(result: dict[str, Any]) -> list[str]:
     for phase in troubles:
         if not result["unavailable_by_phase"].get(phase):
             problems.append(f"no request met the database trouble of phase {phase!r}")
+    if result["redis"] and not result["redis_fallbacks"]:
+        problems.append("no request met Redis down (no fallback was logged)")
+    if result["redis"] and not result["redis_copies"]:
+        problems.append("the accelerator left no copy in Redis")
     if result["kill_retry"] != "201":
         problems.append(f"the retry of the killed charge got {result['kill_retry']}")
     if result["workers_after_kill"] != result["workers"]:
@@ -497,6 +618,9 @@ def failures(result: dict[str, Any]) -> list[str]:
 def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="CI's bounded run")
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument(
+        "--redis", action="store_true", help="with the accelerator, the Redis store, a restart"
+    )
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -519,7 +643,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         )
         failed += [f"{result['server']}: {problem}" for problem in failures(result)]
     common.print_table(
-        f"Load harness, {'bounded' if args.quick else 'full'} run ({common.machine()})",
+        f"Load harness, {'bounded' if args.quick else 'full'} run"
+        f"{', with Redis' if args.redis else ''} ({common.machine()})",
         [
             "database",
             "requests",
@@ -541,6 +666,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"sessions terminated: "
             f"{result['terminated_sessions']}; final retries: {result['retry_statuses']}"
         )
+        if result["redis"]:
+            print(
+                f"  Redis fallbacks logged: {result['redis_fallbacks']}; "
+                f"copies in Redis at the end: {result['redis_copies']}"
+            )
         for cause, count in result["causes_of_500"].items():
             print(f"  500 x{count}: {cause}")
     if failed:
@@ -554,7 +684,7 @@ def main() -> None:
         __doc__,
         ["postgres", "mariadb"],
         options,
-        lambda url, args: one(url, args.quick, args.workers),
+        lambda url, args: one(url, args.quick, args.workers, args.redis),
         report,
     )
 
