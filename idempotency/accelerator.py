@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
 import time
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import connections, transaction
 from django.utils import timezone
@@ -53,32 +53,29 @@ class Accelerator:
 
     def lookup(
         self, info: RequestInfo, lock_timeout: timedelta
-    ) -> tuple[Claim | None, bytes | None]:
+    ) -> tuple[Claim | None, redis.Mine | None]:
         """What Redis knows of the key, or ``None`` (ask the database) and
         the in-flight marker this request set, in one round trip.
 
         Marking before the database has answered costs nothing in safety: a
         marker only ever yields a 409, it lives a few seconds at most, and
-        the caller removes it at once unless the database lets this request
-        run the handler."""
-        marker = redis.encode(redis.IN_FLIGHT, secrets.token_hex(16), info.fingerprint)
-        lifetime = redis.milliseconds(min(lock_timeout, MARKER_LIFETIME))
+        the request removes it when it ends unless its committed response
+        replaced it."""
+        lifetime = min(lock_timeout, MARKER_LIFETIME)
         try:
-            found = self.redis.eval(redis.CLAIM, 1, self._key(info), marker, lifetime)
+            found = redis.claim_or_read(self.redis, self._key(info), info.fingerprint, lifetime)
         except self.errors as exc:
             self._fall_back("read", exc)
             return None, None
-        if found is None:
-            return None, marker
-        try:
-            return redis.Entry.decode(found).claim(), None
-        except (ValueError, KeyError, TypeError):
-            return None, None  # not ours: the database will answer, and replace it
+        if isinstance(found, redis.Mine):
+            return None, found
+        # A value this package cannot read: the database answers, and the
+        # copy of its answer replaces it.
+        return found, None
 
-    def unmark(self, info: RequestInfo, marker: bytes) -> None:
-        # (A marker exists only if Redis answered the lookup.)
+    def unmark(self, marker: redis.Mine) -> None:
         try:
-            self.redis.eval(redis.RELEASE, 1, self._key(info), marker)
+            redis.release(self.redis, marker)
         except self.errors as exc:
             # The marker expires soon; until then duplicates get a 409 they
             # may retry.
@@ -98,8 +95,32 @@ class Accelerator:
         except self.errors as exc:
             self._fall_back("copy", exc)
 
+    def forget(self, scope: str, key: str) -> None:
+        """Drop the copy of a record deleted from the database."""
+        try:
+            self.redis.delete(redis.record_key(self.namespace, scope, key))
+        except self.errors as exc:
+            self._fall_back("forget", exc)
+
+    def forget_all(self) -> int:
+        """Drop every copy and marker of this database; return how many."""
+        forgotten = 0
+        try:
+            batch: list[bytes] = []
+            pattern = redis.namespace_pattern(self.namespace)
+            for key in self.redis.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) == 1000:
+                    forgotten += self.redis.delete(*batch)
+                    batch = []
+            if batch:
+                forgotten += self.redis.delete(*batch)
+        except self.errors as exc:
+            self._fall_back("forget", exc)
+        return forgotten
+
     def _key(self, info: RequestInfo) -> str:
-        return redis.record_key(self.namespace, info)
+        return redis.record_key(self.namespace, info.scope, info.key)
 
     def _fall_back(self, step: str, exc: Exception) -> None:
         self.failed = True
@@ -109,8 +130,8 @@ class Accelerator:
 def for_database(database: str) -> Accelerator | None:
     """The accelerator of ``database``, if ``IDEMPOTENCY`` turns it on and
     Redis has not just failed."""
-    alias = settings.REDIS
-    if alias is None or not settings.REDIS_ACCELERATOR:
+    alias = settings.REDIS_ACCELERATOR
+    if alias is None:
         return None
     if time.monotonic() < _resting.get(alias, 0.0):
         return None
@@ -119,6 +140,25 @@ def for_database(database: str) -> Accelerator | None:
     except redis.Unusable as exc:
         _rest(alias, str(exc))
         return None
+
+
+def forget_deleted(sender: type, instance: Any, using: str, **kwargs: Any) -> None:
+    """``post_delete`` of a record (the admin, a shell; the purge deletes
+    only expired records, whose copies have expired too): a key freed by
+    hand must not go on being replayed from Redis."""
+    accelerator = for_database(using)
+    if accelerator is not None:
+        accelerator.forget(instance.scope, instance.key)
+
+
+def forget_database(sender: Any, using: str, **kwargs: Any) -> None:
+    """``post_migrate``: after ``migrate``, ``flush`` or a test database's
+    creation or flush, the database may hold other records than Redis has
+    copies of (a restored backup, a recreated test database under the same
+    name). Its copies go."""
+    accelerator = for_database(using)
+    if accelerator is not None:
+        accelerator.forget_all()
 
 
 def _identity(database: str) -> str:
@@ -158,7 +198,7 @@ class Flight:
         accelerator: Accelerator | None,
         info: RequestInfo,
         database: str,
-        marker: bytes | None,
+        marker: redis.Mine | None,
     ) -> None:
         self.accelerator = accelerator
         self.info = info
@@ -166,23 +206,36 @@ class Flight:
         self.marker = marker
 
     def succeed(self, response: StoredResponse, expires_at: datetime) -> None:
-        """The response is stored in the claim's transaction: copy it to
-        Redis once (and only if) that transaction commits."""
+        """The response is stored in the claim's transaction."""
+        self._copy_on_commit(self.info.fingerprint, response, expires_at)
+
+    def replayed(self, claim: Claim) -> None:
+        """The database answered from a record Redis had no copy of (it was
+        flushed, restarted or evicted one): put the copy back."""
+        assert claim.response is not None
+        assert claim.expires_at is not None
+        self._copy_on_commit(claim.fingerprint, claim.response, claim.expires_at)
+
+    def _copy_on_commit(
+        self, fingerprint: str, response: StoredResponse, expires_at: datetime
+    ) -> None:
+        # Only once (and if) the record is known to be committed: an outer
+        # transaction (ATOMIC_REQUESTS, a test case) may still roll it back.
         accelerator = self.accelerator
         if accelerator is None:
             return
 
         def copy() -> None:
-            self.marker = None  # replaced by the copy
-            accelerator.remember(self.info, self.info.fingerprint, response, expires_at)
+            self.marker = None  # the copy replaces it
+            accelerator.remember(self.info, fingerprint, response, expires_at)
 
         transaction.on_commit(copy, using=self.database, robust=True)
 
     def end(self) -> None:
         """Called once the claim's ``atomic`` block has been left: remove
-        this request's marker. A copy follows when the stored response
-        commits (at once, or with an outer ``ATOMIC_REQUESTS`` transaction);
-        until then the database answers duplicates itself."""
+        this request's marker, unless a copy replaced it already. Under an
+        outer transaction the copy comes with its commit; until then the
+        database answers duplicates itself."""
         if self.accelerator is not None and self.marker is not None:
-            self.accelerator.unmark(self.info, self.marker)
+            self.accelerator.unmark(self.marker)
             self.marker = None

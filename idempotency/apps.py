@@ -9,7 +9,15 @@ class IdempotencyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_delete, post_migrate
+
+        from .accelerator import forget_database, forget_deleted
         from .checks import check_database, check_redis, check_settings
+        from .models import IdempotencyKey
+
+        # Copies in Redis must not outlive their records (accelerator.py).
+        post_delete.connect(forget_deleted, sender=IdempotencyKey, dispatch_uid="idempotency")
+        post_migrate.connect(forget_database, sender=self, dispatch_uid="idempotency")
 
         checks.register(check_settings)
         checks.register(check_redis, checks.Tags.caches)

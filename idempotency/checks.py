@@ -191,10 +191,28 @@ def check_database(
 def _redis(value: Any) -> list[checks.CheckMessage]:
     if value is None:
         return []
+    return _redis_cache("REDIS", value)
+
+
+def _accelerator(value: Any) -> list[checks.CheckMessage]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, str):
+        return _redis_cache("REDIS_ACCELERATOR", value)
+    return _error(
+        "REDIS_ACCELERATOR",
+        "must be True, False or the alias of a django-redis cache.",
+        'The default is True: the accelerator uses IDEMPOTENCY["REDIS"].',
+        "idempotency.E020",
+    )
+
+
+def _redis_cache(name: str, value: Any) -> list[checks.CheckMessage]:
+    """``value`` must name a django-redis cache this package can use."""
     caches = getattr(django_settings, "CACHES", {})
     if not isinstance(value, str) or value not in caches:
         return _error(
-            "REDIS",
+            name,
             f"names {value!r}, which is not in settings.CACHES.",
             "Name the alias of a django-redis cache, for example: CACHES = {'idempotency': "
             "{'BACKEND': 'django_redis.cache.RedisCache', 'LOCATION': 'redis://127.0.0.1:6379/1'}}.",
@@ -203,7 +221,7 @@ def _redis(value: Any) -> list[checks.CheckMessage]:
     backend = str(caches[value].get("BACKEND", ""))
     if backend in LOCAL_CACHES:
         return _error(
-            "REDIS",
+            name,
             f"names the {value!r} cache, a {backend.rsplit('.', 2)[-2]} cache, which each "
             "process keeps for itself (or not at all): duplicates reaching two processes "
             "would both run.",
@@ -216,7 +234,7 @@ def _redis(value: Any) -> list[checks.CheckMessage]:
         from django_redis.client import ShardClient
     except ImportError:
         return _error(
-            "REDIS",
+            name,
             "needs django-redis, which is not installed.",
             "pip install 'django-idempotency[redis]'",
             "idempotency.E018",
@@ -232,7 +250,7 @@ def _redis(value: Any) -> list[checks.CheckMessage]:
         cache_class = client_class = None
     if not (isinstance(cache_class, type) and issubclass(cache_class, RedisCache)):
         return _error(
-            "REDIS",
+            name,
             f"names the {value!r} cache, whose BACKEND {backend!r} is not django-redis's.",
             "Use BACKEND 'django_redis.cache.RedisCache'; Django's own "
             "django.core.cache.backends.redis.RedisCache has no raw connection to share.",
@@ -240,7 +258,7 @@ def _redis(value: Any) -> list[checks.CheckMessage]:
         )
     if isinstance(client_class, type) and issubclass(client_class, ShardClient):
         return _error(
-            "REDIS",
+            name,
             f"names the {value!r} cache, whose ShardClient gives no single connection.",
             "Use the DefaultClient (one primary, optional replicas) or the SentinelClient.",
             "idempotency.E019",
@@ -250,11 +268,22 @@ def _redis(value: Any) -> list[checks.CheckMessage]:
         redis.connection(value)
     except redis.Unusable as exc:
         return _error(
-            "REDIS",
+            name,
             f"cannot be used: {exc}.",
             "Fix the cache's OPTIONS; records are bytes, so leave decode_responses off.",
             "idempotency.E024",
         )
+    options = caches[value].get("OPTIONS", {})
+    if options.get("SOCKET_TIMEOUT") is None or options.get("SOCKET_CONNECT_TIMEOUT") is None:
+        return [
+            checks.Warning(
+                f"IDEMPOTENCY[{name!r}] names the {value!r} cache, which sets no "
+                "SOCKET_TIMEOUT or no SOCKET_CONNECT_TIMEOUT: a Redis that hangs would hold "
+                "requests for as long as it hangs, instead of failing over at once.",
+                hint="Set both in the cache's OPTIONS, for example to 0.5 seconds.",
+                id="idempotency.W002",
+            )
+        ]
     return []
 
 
@@ -335,7 +364,7 @@ VALUE_CHECKS = {
     "DATABASE": _database,
     "BACKEND": _backend,
     "REDIS": _redis,
-    "REDIS_ACCELERATOR": _boolean("REDIS_ACCELERATOR", "idempotency.E020"),
+    "REDIS_ACCELERATOR": _accelerator,
     "REDIS_KEY_PREFIX": _key_prefix,
     "REDIS_FAIL_OPEN": _boolean("REDIS_FAIL_OPEN", "idempotency.E023"),
 }

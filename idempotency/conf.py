@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     # Redis in front of the database store (REDIS_ACCELERATOR) and gives
     # views with backend="redis" their store.
     "REDIS": None,
+    # True (use REDIS), False, or the alias of a cache of its own.
     "REDIS_ACCELERATOR": True,
     "REDIS_KEY_PREFIX": "idempotency",
     "REDIS_FAIL_OPEN": False,
@@ -133,8 +134,12 @@ class Settings:
         return None if alias is None else str(alias)
 
     @property
-    def REDIS_ACCELERATOR(self) -> bool:
-        return bool(self._get("REDIS_ACCELERATOR"))
+    def REDIS_ACCELERATOR(self) -> str | None:
+        """The cache alias of the accelerator, or ``None`` when it is off."""
+        value = self._get("REDIS_ACCELERATOR")
+        if isinstance(value, str):
+            return value
+        return self.REDIS if value else None
 
     @property
     def REDIS_KEY_PREFIX(self) -> str:

@@ -7,7 +7,6 @@ authentication, permissions and throttling always come before a replay.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from collections.abc import Callable
@@ -36,7 +35,8 @@ _ACTIVE = "_idempotency_active"
 
 
 class _RolledBack(Exception):
-    """Leaves the claim's transaction by rolling it back, carrying the answer."""
+    """Leaves the claim's transaction by rolling it back, carrying the answer
+    (the Redis store, with no transaction, catches it and stores a problem)."""
 
     def __init__(self, response: HttpResponseBase) -> None:
         self.response = response
@@ -127,19 +127,8 @@ def _protect_in_database(
         return problems.DATABASE_UNAVAILABLE.response()
     finally:
         flight.end()
-    if accelerator is not None and claim.outcome is Outcome.COMPLETED:
-        # Redis lost its copy (flushed, restarted, evicted): put it back, once
-        # the record read is known to be committed (an outer transaction
-        # that wrote it, as in a TestCase, may still roll back).
-        assert claim.response is not None
-        assert claim.expires_at is not None
-        transaction.on_commit(
-            functools.partial(
-                accelerator.remember, info, claim.fingerprint, claim.response, claim.expires_at
-            ),
-            using=alias,
-            robust=True,
-        )
+    if claim.outcome is Outcome.COMPLETED:
+        flight.replayed(claim)
     return _answer(claim, info)
 
 
@@ -259,7 +248,8 @@ def _capture(
     ``None`` for a transient outcome (429, 5xx) that must not be."""
     response = _render(request, call())
     # Drained here even when it will not be stored, so that a streaming
-    # handler's work happens inside the transaction that may roll it back.
+    # handler's work happens inside the database store's transaction, which
+    # may roll it back (raises _RolledBack past MAX_RESPONSE_BYTES).
     body = _read_body(response, settings.MAX_RESPONSE_BYTES)
     status = response.status_code
     if status == 429 or (status >= 500 and not settings.STORE_SERVER_ERRORS):

@@ -38,6 +38,19 @@ def send(user: User, key: str, url: str = URL, data: dict | None = None):
     return client.post(url, data or {"amount": 1}, format="json", headers={"Idempotency-Key": key})
 
 
+def assert_one_original(responses: list) -> None:
+    """One request ran; every other answer is a 409 or a byte-identical
+    replay of it."""
+    originals = [r for r in responses if r.status_code == 201 and "Idempotent-Replayed" not in r]
+    assert len(originals) == 1
+    for response in responses:
+        if response is not originals[0]:
+            assert response.status_code in (201, 409), response.content
+            if response.status_code == 201:
+                assert response["Idempotent-Replayed"] == "true"
+                assert response.content == originals[0].content
+
+
 class Threads:
     """Requests in threads of their own, released together by a barrier."""
 

@@ -1,4 +1,5 @@
-"""A TCP relay between the tests and the real Redis, which a test can cut.
+"""A TCP relay between the tests and the real Redis, which a test can cut,
+and the cache settings the Redis tests share.
 
 Cutting it closes every relayed connection and stops listening, so the
 package's next Redis command meets what it would meet if Redis stopped or
@@ -15,6 +16,27 @@ import threading
 from urllib.parse import urlsplit
 
 
+def caches_with(alias: str, location: str, **options: object) -> dict:
+    """``settings.CACHES`` plus a django-redis cache ``alias`` at ``location``
+    (with the test settings' socket timeouts unless ``options`` are given)."""
+    from django.conf import settings
+
+    return {
+        **settings.CACHES,
+        alias: {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": location,
+            "OPTIONS": options or settings.REDIS_OPTIONS,
+        },
+    }
+
+
+def other_database(url: str, number: int) -> str:
+    """``url`` with another Redis database number: django-redis keeps one
+    connection pool per URL, so a cache with other options needs its own."""
+    return f"{url.rsplit('/', 1)[0]}/{number}"
+
+
 class RedisProxy:
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
@@ -24,6 +46,7 @@ class RedisProxy:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener: socket.socket | None = None
+        self.stalled = False
         self.restore()
 
     @property
@@ -39,6 +62,11 @@ class RedisProxy:
         self.port = listener.getsockname()[1]
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stall(self) -> None:
+        """Keep every connection open but pass nothing on, as a Redis that
+        hangs would: the client's socket timeout decides."""
+        self.stalled = True
 
     def cut(self) -> None:
         """Refuse new connections and reset the open ones."""
@@ -67,8 +95,7 @@ class RedisProxy:
                 self._sockets += [client, server]
             threading.Thread(target=self._relay, args=(client, server), daemon=True).start()
 
-    @staticmethod
-    def _relay(client: socket.socket, server: socket.socket) -> None:
+    def _relay(self, client: socket.socket, server: socket.socket) -> None:
         selector = selectors.DefaultSelector()
         selector.register(client, selectors.EVENT_READ, server)
         selector.register(server, selectors.EVENT_READ, client)
@@ -78,7 +105,8 @@ class RedisProxy:
                     data = key.fileobj.recv(65536)  # type: ignore[union-attr]
                     if not data:
                         return
-                    key.data.sendall(data)
+                    if not self.stalled:
+                        key.data.sendall(data)
         except (OSError, ValueError):
             return
         finally:

@@ -12,6 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.db import connections
 from django.test import override_settings
+from django_redis.client import DefaultClient
 
 from idempotency import checks as checks_module
 from idempotency.checks import check_database, check_redis, check_settings
@@ -298,7 +299,18 @@ def test_every_bad_value_is_reported():
 
 # E015-E023, W001: Redis.
 
-REDIS_CACHE = {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://127.0.0.1:1/0"}
+REDIS_CACHE = {
+    "BACKEND": "django_redis.cache.RedisCache",
+    "LOCATION": "redis://127.0.0.1:1/0",
+    "OPTIONS": {"SOCKET_TIMEOUT": 0.5, "SOCKET_CONNECT_TIMEOUT": 0.5},
+}
+
+
+class ClientWithoutConnectionKwargs(DefaultClient):
+    """A client class whose client is not a redis-py one."""
+
+    def get_client(self, write: bool = True, **kwargs) -> object:
+        return object()
 
 
 def redis_errors(cache: dict | None, **idempotency) -> list:
@@ -316,6 +328,7 @@ def test_redis_settings_valid():
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": "redis://mymaster/0",
         "OPTIONS": {
+            **REDIS_CACHE["OPTIONS"],
             "CLIENT_CLASS": "django_redis.client.SentinelClient",
             "CONNECTION_POOL_CLASS": "redis.sentinel.SentinelConnectionPool",
             "SENTINELS": [("127.0.0.1", 1)],
@@ -410,9 +423,37 @@ def test_e024_unusable_connection(options, problem):
     assert hint == "Fix the cache's OPTIONS; records are bytes, so leave decode_responses off."
 
 
+def test_e024_a_client_that_is_not_redis_py():
+    options = {
+        **REDIS_CACHE["OPTIONS"],
+        "CLIENT_CLASS": f"{__name__}.ClientWithoutConnectionKwargs",
+    }
+    cache = {**REDIS_CACHE, "LOCATION": "redis://127.0.0.1:1/11", "OPTIONS": options}
+    ((id, msg, _hint),) = redis_errors(cache)
+    assert id == "idempotency.E024"
+    assert "AttributeError" in msg
+
+
+def test_w002_no_socket_timeouts():
+    cache = {**REDIS_CACHE, "LOCATION": "redis://127.0.0.1:1/12", "OPTIONS": {}}
+    ((id, msg, hint),) = redis_errors(cache)
+    assert id == "idempotency.W002"
+    assert msg.startswith("IDEMPOTENCY['REDIS'] names the 'store' cache, which sets no ")
+    assert hint == "Set both in the cache's OPTIONS, for example to 0.5 seconds."
+
+
+def test_the_accelerator_may_name_its_own_cache():
+    assert redis_errors(REDIS_CACHE, REDIS_ACCELERATOR="store") == []
+    ((id, msg, _hint),) = redis_errors(REDIS_CACHE, REDIS_ACCELERATOR="nowhere")
+    assert id == "idempotency.E016"
+    assert (
+        msg == "IDEMPOTENCY['REDIS_ACCELERATOR'] names 'nowhere', which is not in settings.CACHES."
+    )
+
+
 def test_e020_e022_e023_values():
     assert ids(
-        {"REDIS_ACCELERATOR": "yes", "REDIS_KEY_PREFIX": "has space", "REDIS_FAIL_OPEN": 1}
+        {"REDIS_ACCELERATOR": 1, "REDIS_KEY_PREFIX": "has space", "REDIS_FAIL_OPEN": 1}
     ) == ["idempotency.E020", "idempotency.E022", "idempotency.E023"]
     assert ids({"REDIS_KEY_PREFIX": ""}) == ["idempotency.E022"]
 

@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 from django.conf import settings as django_settings
+from django.core.management.sql import emit_post_migrate_signal
 from django.db import connections, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
@@ -22,8 +23,8 @@ from django_redis import get_redis_connection
 
 from idempotency import accelerator
 from idempotency.models import IdempotencyKey
-from tests.concurrency import Threads, send, tally
-from tests.redis_proxy import RedisProxy
+from tests.concurrency import Threads, assert_one_original, send, tally
+from tests.redis_proxy import RedisProxy, caches_with, other_database
 from tests.testapp.models import Execution
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
@@ -72,14 +73,7 @@ def redis_db():
 def proxy(redis_db):
     """The accelerator reaching Redis through a relay the test can cut."""
     relay = RedisProxy(django_settings.REDIS_URL)
-    caches = {
-        **django_settings.CACHES,
-        "proxied": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": relay.url,
-            "OPTIONS": django_settings.REDIS_OPTIONS,
-        },
-    }
+    caches = caches_with("proxied", relay.url)
     with override_settings(CACHES=caches, IDEMPOTENCY={"REDIS": "proxied"}):
         yield relay
     relay.cut()
@@ -229,14 +223,7 @@ def test_concurrent_duplicates_run_exactly_once(user, redis_db):
         responses = Threads([lambda key=key: send(user, key) for _ in range(12)]).join()
         tally("accelerated: duplicates released together", responses, executions(key))
         assert executions(key) == 1
-        originals = [
-            r for r in responses if r.status_code == 201 and "Idempotent-Replayed" not in r
-        ]
-        assert len(originals) == 1
-        for response in responses:
-            assert response.status_code in (201, 409), response.content
-            if response.status_code == 201:
-                assert response.content == originals[0].content
+        assert_one_original(responses)
 
 
 # Outages: the database answers, and the log says so.
@@ -334,6 +321,17 @@ def test_a_copy_put_back_waits_for_the_commit_too(user, redis_db):
     assert len(copies(redis_db)) == 1
 
 
+def test_a_record_deleted_by_hand_is_replayed_no_more(user, redis_db):
+    key = new_key()
+    first = send(user, key)
+    IdempotencyKey.objects.get(key=key).delete()  # as from the admin
+    assert copies(redis_db) == []
+    again = send(user, key)
+    assert "Idempotent-Replayed" not in again
+    assert again.content != first.content
+    assert executions(key) == 2
+
+
 def test_copies_never_cross_users(user, other_user, redis_db):
     key = new_key()
     alice = send(user, key)
@@ -361,15 +359,11 @@ def test_copies_are_kept_per_database(user, redis_db):
 
 
 def test_an_unusable_cache_leaves_the_database_to_answer(user, redis_db, caplog):
-    caches = {
-        **django_settings.CACHES,
-        "broken": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            # A URL of its own: django-redis shares one pool per URL.
-            "LOCATION": django_settings.REDIS_URL.rsplit("/", 1)[0] + "/14",
-            "OPTIONS": {"CONNECTION_POOL_KWARGS": {"decode_responses": True}},
-        },
-    }
+    caches = caches_with(
+        "broken",
+        other_database(django_settings.REDIS_URL, 14),
+        CONNECTION_POOL_KWARGS={"decode_responses": True},
+    )
     key = new_key()
     with override_settings(CACHES=caches, IDEMPOTENCY={"REDIS": "broken"}):
         first = send(user, key)
@@ -395,3 +389,70 @@ def test_after_an_error_redis_is_left_alone_for_a_while(user, proxy, redis_db, c
     accelerator._resting.clear()
     assert send(user, resting)["Idempotent-Replayed"] == "true"
     assert len(copies(redis_db)) == 1
+
+
+def test_a_redis_that_hangs_costs_one_timeout_then_is_left_alone(user, proxy, caplog):
+    proxy.stall()
+    key = new_key()
+    first = send(user, key)
+    assert first.status_code == 201
+    assert "Redis unavailable (read: TimeoutError" in caplog.text
+    # Resting: the next requests do not wait for Redis at all.
+    caplog.clear()
+    assert send(user, key).content == first.content
+    assert "Redis unavailable" not in caplog.text
+    assert executions(key) == 1
+
+
+def test_migrate_and_flush_drop_the_databases_copies(user, redis_db):
+    key = new_key()
+    send(user, key)
+    assert len(copies(redis_db)) == 1
+    # What migrate and flush send (a test database recreated under the same
+    # name, a backup restored, then migrate): the records may be others now.
+    emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
+    assert copies(redis_db) == []
+
+
+def test_the_accelerator_may_use_a_cache_of_its_own(user, redis_db):
+    location = other_database(django_settings.REDIS_URL, 13)
+    with override_settings(
+        CACHES=caches_with("copies", location),
+        IDEMPOTENCY={"REDIS": "idempotency", "REDIS_ACCELERATOR": "copies"},
+    ):
+        own = get_redis_connection("copies")
+        own.flushdb()
+        try:
+            key = new_key()
+            first = send(user, key)
+            with Queries() as queries:
+                assert send(user, key).content == first.content
+            assert len(queries) == 0
+            assert len(copies(own)) == 1
+            assert copies(redis_db) == []
+        finally:
+            own.flushdb()
+
+
+def test_forgetting_a_database_covers_any_number_of_keys(redis_db):
+    accelerated = accelerator.for_database("default")
+    namespace = redis_db.pipeline()
+    prefix = f"idempotency:v1:{accelerated.namespace}:"
+    for number in range(2000):  # two whole batches
+        namespace.set(f"{prefix}{number}", b"x", px=60_000)
+    namespace.set("idempotency:v1:db:elsewhere:1", b"x", px=60_000)
+    namespace.execute()
+    assert accelerated.forget_all() == 2000
+    assert redis_db.dbsize() == 1
+
+
+def test_forgetting_while_redis_is_away_is_logged(user, proxy, redis_db, caplog):
+    key = new_key()
+    send(user, key)
+    proxy.cut()
+    IdempotencyKey.objects.get(key=key).delete()
+    assert "Redis unavailable (forget" in caplog.text
+    accelerator._resting.clear()
+    caplog.clear()
+    emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
+    assert "Redis unavailable (forget" in caplog.text

@@ -7,6 +7,7 @@ cut between the package and Redis (``tests.redis_proxy``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -21,8 +22,8 @@ from rest_framework.test import APIClient
 
 from idempotency.backends import redis as redis_backend
 from idempotency.backends.base import Claim, Outcome, RequestInfo, StoredResponse
-from tests.concurrency import Threads, tally
-from tests.redis_proxy import RedisProxy
+from tests.concurrency import Threads, assert_one_original, tally
+from tests.redis_proxy import RedisProxy, caches_with, other_database
 from tests.testapp.views import OUTSIDE_RUNS
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db]
@@ -73,14 +74,7 @@ def proxy(redis_db):
     """A ``proxied`` cache alias reaching the test Redis through a relay the
     test can cut, and the settings that make the Redis store use it."""
     relay = RedisProxy(django_settings.REDIS_URL)
-    caches = {
-        **django_settings.CACHES,
-        "proxied": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": relay.url,
-            "OPTIONS": django_settings.REDIS_OPTIONS,
-        },
-    }
+    caches = caches_with("proxied", relay.url)
     with override_settings(CACHES=caches, IDEMPOTENCY={**REDIS, "REDIS": "proxied"}):
         yield relay
     relay.cut()
@@ -262,15 +256,7 @@ def test_key_optional_when_not_required(client, redis_db):
     [{"SOCKET_TIMEOUT": "1"}, {"CONNECTION_POOL_KWARGS": {"decode_responses": True}}],
 )
 def test_an_unusable_cache_fails_closed(client, redis_db, options, caplog):
-    caches = {
-        **django_settings.CACHES,
-        "broken": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            # A URL of its own: django-redis shares one pool per URL.
-            "LOCATION": django_settings.REDIS_URL.rsplit("/", 1)[0] + "/14",
-            "OPTIONS": options,
-        },
-    }
+    caches = caches_with("broken", other_database(django_settings.REDIS_URL, 14), **options)
     key = new_key()
     with override_settings(CACHES=caches, IDEMPOTENCY={**REDIS, "REDIS": "broken"}):
         response = post(client, key)
@@ -334,14 +320,7 @@ def test_concurrent_duplicates_run_exactly_once(user, redis_db):
         responses = Threads([lambda key=key: send(user, key) for _ in range(12)]).join()
         tally("Redis store: duplicates released together", responses, runs(key))
         assert runs(key) == 1
-        originals = [
-            r for r in responses if r.status_code == 201 and "Idempotent-Replayed" not in r
-        ]
-        assert len(originals) == 1
-        for response in responses:
-            assert response.status_code in (201, 409), response.content
-            if response.status_code == 201:
-                assert response.content == originals[0].content
+        assert_one_original(responses)
 
 
 # Leases: a worker whose lease ran out never touches the new owner's record.
@@ -426,7 +405,8 @@ def test_compare_and_set_scripts_check_the_owner(redis_db):
     # Released claims are gone; stale tokens release nothing.
     other = info_for(new_key())
     claim = store.claim(other, timedelta(seconds=30))
-    assert store.release(Claim(Outcome.CLAIMED, token=(claim.token[0], b"stale"))) is False
+    stale = dataclasses.replace(claim.token, owner="0" * 32)
+    assert store.release(Claim(Outcome.CLAIMED, token=stale)) is False
     assert store.release(claim) is True
     assert store.claim(other, timedelta(seconds=30)).outcome is Outcome.CLAIMED
 
@@ -459,6 +439,15 @@ def test_unreachable_redis_fails_closed_with_a_503(client, proxy, caplog):
     proxy.restore()
     assert post(client, key).status_code == 201
     assert runs(key) == 1
+
+
+def test_a_redis_that_hangs_fails_closed_after_the_socket_timeout(client, proxy, caplog):
+    proxy.stall()
+    key = new_key()
+    response = post(client, key)
+    assert response.status_code == 503
+    assert runs(key) == 0
+    assert "TimeoutError" in caplog.text
 
 
 def test_fail_open_runs_the_handler_unprotected(client, proxy, caplog):

@@ -75,8 +75,8 @@ COLUMNS = (
     "completed_at",
     "expires_at",
 )
-# What a reader needs of a record, in this order, with its expiry already
-# compared by the database (so no value needs converting back).
+# What a reader needs of a record, in this order; the database compares the
+# expiry itself (the claim's CASE), and the value is read for Redis's copy.
 RECORD_COLUMNS = ("id", "state", "fingerprint", "status", "headers", "body", "expires_at")
 
 

@@ -79,9 +79,12 @@ def connection(alias: str | None) -> Any:
         from django_redis import get_redis_connection
 
         client = get_redis_connection(alias, write=True)
+        decodes = client.get_connection_kwargs().get("decode_responses")
     except Exception as exc:
+        # Whatever django-redis or a custom client class raises for its
+        # configuration (the checks report it as E024).
         raise Unusable(f"the {alias!r} cache gives no Redis connection: {exc!r}") from exc
-    if client.connection_pool.connection_kwargs.get("decode_responses"):
+    if decodes:
         # Records hold response bodies as bytes; decoded, they would not
         # parse, and a binary body could not be read back at all.
         raise Unusable(f"the {alias!r} cache decodes responses (decode_responses=True)")
@@ -99,11 +102,17 @@ def errors() -> tuple[type[Exception], ...]:
     return (RedisError, Unusable)
 
 
-def record_key(namespace: str, info: RequestInfo) -> str:
+def record_key(namespace: str, scope: str, key: str) -> str:
     """A fixed-length key for (scope, key): scopes are arbitrary text, and
     the hash keeps them out of the key space's syntax (``:``, ``{}``)."""
-    digest = hashlib.sha256(f"{info.scope}\n{info.key}".encode("utf-8", "surrogatepass"))
+    digest = hashlib.sha256(f"{scope}\n{key}".encode("utf-8", "surrogatepass"))
     return f"{settings.REDIS_KEY_PREFIX}:v1:{namespace}:{digest.hexdigest()}"
+
+
+def namespace_pattern(namespace: str) -> str:
+    """A ``SCAN MATCH`` pattern for every key of ``namespace``."""
+    prefix = f"{settings.REDIS_KEY_PREFIX}:v1:{namespace}:"
+    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in prefix) + "*"
 
 
 def milliseconds(duration: timedelta) -> int:
@@ -119,6 +128,37 @@ def encode(
         header["headers"] = [list(pair) for pair in response.headers]
     body = response.body if response is not None else b""
     return json.dumps(header, separators=(",", ":")).encode() + b"\n" + body
+
+
+def claim_or_read(
+    client: Any, key: str, fingerprint: str, lifetime: timedelta
+) -> Mine | Claim | None:
+    """Set an in-flight value of our own under ``key`` unless one is there
+    (``SET NX``): return ours, or what is in the way, or ``None`` if that is
+    not a record this package wrote (another program writing under its
+    prefix). Raises one of :func:`errors` if Redis cannot be reached."""
+    mine = Mine(key, secrets.token_hex(16), fingerprint)
+    found = client.eval(CLAIM, 1, key, mine.value, milliseconds(lifetime))
+    if found is None:
+        return mine
+    try:
+        return Entry.decode(found).claim()
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Mine:
+    """An in-flight value this request set, which only it may replace or
+    remove (the owner token makes it unique)."""
+
+    key: str
+    owner: str
+    fingerprint: str
+
+    @property
+    def value(self) -> bytes:
+        return encode(IN_FLIGHT, self.owner, self.fingerprint)
 
 
 @dataclass(frozen=True)
@@ -169,27 +209,25 @@ class RedisStore:
 
     def claim(self, info: RequestInfo, lock_timeout: timedelta) -> Claim:
         """Raises one of :func:`errors` if Redis cannot be reached."""
-        key = record_key(self.NAMESPACE, info)
-        mine = encode(IN_FLIGHT, secrets.token_hex(16), info.fingerprint)
-        found = self.redis.eval(CLAIM, 1, key, mine, milliseconds(lock_timeout))
-        if found is None:
-            return Claim(Outcome.CLAIMED, token=(key, mine))
-        try:
-            return Entry.decode(found).claim()
-        except (ValueError, KeyError, TypeError):
-            # Not a record this package wrote (another program shares the
-            # prefix). Never run the handler over it: answer as in flight.
-            return Claim(Outcome.IN_FLIGHT)
+        key = record_key(self.NAMESPACE, info.scope, info.key)
+        found = claim_or_read(self.redis, key, info.fingerprint, lock_timeout)
+        if isinstance(found, Mine):
+            return Claim(Outcome.CLAIMED, token=found)
+        # A value this package cannot read: never run the handler over it.
+        return found or Claim(Outcome.IN_FLIGHT)
 
     def complete(self, claim: Claim, response: StoredResponse, ttl: timedelta) -> bool:
         """Store the response if the claim is still ours; ``False`` if the
         lease ran out and another request owns the key now."""
-        key, mine = claim.token
-        head = json.loads(mine.partition(b"\n")[0])
-        value = encode(COMPLETED, head["owner"], head["fingerprint"], response)
-        return bool(self.redis.eval(COMPLETE, 1, key, mine, value, milliseconds(ttl)))
+        mine: Mine = claim.token
+        value = encode(COMPLETED, mine.owner, mine.fingerprint, response)
+        return bool(self.redis.eval(COMPLETE, 1, mine.key, mine.value, value, milliseconds(ttl)))
 
     def release(self, claim: Claim) -> bool:
         """Free the key for a corrected retry, if the claim is still ours."""
-        key, mine = claim.token
-        return bool(self.redis.eval(RELEASE, 1, key, mine))
+        return release(self.redis, claim.token)
+
+
+def release(client: Any, mine: Mine) -> bool:
+    """Remove our in-flight value, unless it is no longer ours."""
+    return bool(client.eval(RELEASE, 1, mine.key, mine.value))
