@@ -12,7 +12,8 @@ is stored exactly as it was sent.
 
 The compare-and-set steps are Lua scripts: Redis runs each one atomically, so
 nothing can happen between reading a record and replacing it. Each script
-touches a single key, so it also runs on a Redis Cluster. Every command goes
+touches a single key, as a Redis Cluster would require (untested: django-redis
+has no cluster client). Every command goes
 to the primary (``get_redis_connection(alias, write=True)``): a replica may
 not have seen a claim yet.
 """
