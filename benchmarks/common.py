@@ -8,6 +8,7 @@ import io
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -198,6 +199,22 @@ def timed(call: Callable[[], Any]) -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def interleaved_medians(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median ms of each call over ``rounds`` rounds, after a warm-up. Each
+    round runs every call once, in a new random order, so that drift in the
+    machine's speed falls on all of them alike."""
+    for _ in range(min(rounds, 200)):
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls)
+    for _ in range(rounds):
+        random.shuffle(order)
+        for name in order:
+            times[name].append(timed(calls[name]))
+    return {name: median(values) for name, values in times.items()}
 
 
 def fill_keys(rows: int, expired: bool, chunk: int = 200_000) -> None:

@@ -66,17 +66,7 @@ def measure(rounds: int) -> dict[str, Any]:
         with common.Statements.count() as counted:
             call()
         statements[kind] = {"other": counted.other, "control": counted.control, "sql": counted.sql}
-    for _ in range(min(rounds, 200)):  # warm-up
-        for call in calls.values():
-            call()
-    times: dict[str, list[float]] = {kind: [] for kind in KINDS}
-    order = list(KINDS)
-    for _ in range(rounds):
-        random.shuffle(order)
-        for kind in order:
-            times[kind].append(common.timed(calls[kind]))
-    medians = {kind: common.median(values) for kind, values in times.items()}
-    return {"medians": medians, "statements": statements}
+    return {"medians": common.interleaved_medians(calls, rounds), "statements": statements}
 
 
 def one(url: str, rounds: int) -> dict[str, Any]:

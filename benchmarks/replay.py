@@ -121,19 +121,10 @@ def measure(rounds: int) -> dict[str, Any]:
     # What the accelerator is for: a replay from Redis sends no SQL at all.
     for name in ("replay, accelerated", "replay, Redis store"):
         common.check(statements[name] == {"other": 0, "control": 0}, name, statements[name])
-    for _ in range(min(rounds, 200)):  # warm-up
-        for call in calls.values():
-            call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    order = list(calls)
-    for _ in range(rounds):
-        random.shuffle(order)
-        for name in order:
-            # The switch of settings happens inside the timed call; it costs
-            # the same for every kind.
-            times[name].append(common.timed(calls[name]))
+    # The switch of settings happens inside each timed call; it costs the
+    # same for every kind.
     return {
-        "medians": {name: common.median(values) for name, values in times.items()},
+        "medians": common.interleaved_medians(calls, rounds),
         "statements": statements,
         "commands": commands,
     }
