@@ -12,6 +12,9 @@ from typing import Any
 import dj_database_url
 
 DATABASE_URL = os.environ.get("DATABASE_URL") or "sqlite://:memory:"
+# The test databases' name on a server; give concurrent runs on one server
+# names of their own.
+TEST_DATABASE_NAME = os.environ.get("TEST_DATABASE_NAME") or "test_idempotency"
 
 
 def _database(url: str, suffix: str = "") -> dict[str, Any]:
@@ -19,7 +22,7 @@ def _database(url: str, suffix: str = "") -> dict[str, Any]:
     if config["ENGINE"] == "django.db.backends.sqlite3":
         return config
     config["NAME"] = config["NAME"] + suffix
-    config["TEST"] = {"NAME": f"test_idempotency{suffix}"}
+    config["TEST"] = {"NAME": f"{TEST_DATABASE_NAME}{suffix}"}
     if config["ENGINE"] == "django.db.backends.mysql":
         config["OPTIONS"] = {"charset": "utf8mb4"}
         config["TEST"].update({"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"})
