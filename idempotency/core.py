@@ -25,7 +25,7 @@ from .backends import redis
 from .backends.base import Claim, Outcome, RequestInfo, StoredResponse
 from .backends.database import DatabaseStore
 from .conf import settings
-from .keys import InvalidKey, normalise_scope, parse_key
+from .keys import InvalidKey, is_missing, normalise_scope, parse_key
 from .options import Options
 
 logger = logging.getLogger("idempotency")
@@ -53,8 +53,8 @@ def protect(
         return problems.KEY_MISSING.response() if options.get_required() else call()
     try:
         key = parse_key(raw_key)
-    except InvalidKey:
-        return problems.KEY_MALFORMED.response()
+    except InvalidKey as exc:
+        return problems.KEY_MALFORMED.response(reason=exc.reason)
     if not _content_length_is_a_number(request):
         # Django cannot read such a body at all (DRF alone would read it as
         # empty): the client must fix its framing, and nothing is claimed.
@@ -70,9 +70,23 @@ def protect(
         # Too many fields or files, or a client that hung up mid-body: the
         # client's fault, and nothing is claimed yet.
         return problems.BODY_MALFORMED.response(reason=str(exc) or type(exc).__name__)
+    scope = options.get_scope()(request)
+    if is_missing(scope):
+        # Never a scope of its own: every client it was returned for would
+        # share it, and receive each other's responses.
+        logger.warning(
+            "The scope of %s returned %r for %s %s, which identifies no client; answered 400. "
+            "Return a value that tells clients apart, such as their session key once they "
+            "have a session.",
+            view_name(request),
+            scope,
+            request.method,
+            request.path,
+        )
+        return problems.SCOPE_MISSING.response()
     setattr(request, _ACTIVE, True)
     info = RequestInfo(
-        scope=normalise_scope(options.get_scope()(request)),
+        scope=normalise_scope(scope),
         key=key,
         fingerprint=fingerprint,
         method=request.method,
@@ -328,6 +342,17 @@ def replay(stored: StoredResponse) -> HttpResponse:
         response[name] = value
     response[REPLAYED_HEADER] = "true"
     return response
+
+
+def view_name(request: Request) -> str:
+    """The view a request reached, for log lines: its module and class (an
+    ``@api_view`` function's name), and a ViewSet's action."""
+    view = (getattr(request, "parser_context", None) or {}).get("view")
+    if view is None:
+        return request.path
+    kind = type(view)
+    action = getattr(view, "action", None)
+    return f"{kind.__module__}.{kind.__name__}" + (f".{action}" if action else "")
 
 
 def _content_length_is_a_number(request: Request) -> bool:

@@ -3,15 +3,40 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from rest_framework.request import Request
 
 MAX_KEY_LENGTH = 255
 MAX_SCOPE_LENGTH = 255
+# Optional white space around a header value (RFC 9110): space and tab.
+OWS = " \t"
 
 
 class InvalidKey(ValueError):
-    """The header is present but its value cannot be a key."""
+    """The header is present but its value cannot be a key; ``reason`` says
+    why, in a sentence the client can act on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+EMPTY = "The header is empty."
+LIST = (
+    "It holds a list, not one key: the header was sent more than once (servers join repeated "
+    "header lines with commas) or with several values. Send it once, with one key."
+)
+PARAMETERS = "Parameters after the key (;name=value) are not supported. Send the key alone."
+QUOTING = (
+    "Its double quotes do not form one structured-field string (RFC 8941): a quoted key "
+    'may escape only " and \\ with a backslash.'
+)
+TOO_LONG = f"It is longer than {MAX_KEY_LENGTH} characters."
+CHARACTERS = (
+    "It may hold only visible ASCII characters: no spaces, control characters or non-ASCII "
+    "letters."
+)
 
 
 def parse_key(raw: str) -> str:
@@ -20,53 +45,108 @@ def parse_key(raw: str) -> str:
     The IETF draft defines the header as a structured-field string, so
     ``"8e03978e"`` (quoted) is the same key as the bare ``8e03978e`` that most
     clients send. Inside quotes, ``\\"`` and ``\\\\`` are the only escapes
-    RFC 8941 allows. Keys are 1-255 visible ASCII characters; WSGI servers
-    hand non-ASCII header bytes over as Latin-1 text, so those fail this test
-    too instead of reaching the database.
+    RFC 8941 allows, and a comma is an ordinary character.
+
+    A bare value with a comma is a list: servers join a header sent twice
+    into ``K,K`` (gunicorn, runserver and Django's ASGI handler all do), and
+    reading that as a key of its own would run the handler again for a
+    client that sent ``K``. A quoted string followed by anything (``"k";a=1``,
+    ``"k", "k"``) is refused for the same reason.
+
+    Keys are 1-255 visible ASCII characters; WSGI servers hand non-ASCII
+    header bytes over as Latin-1 text, so those fail this test too instead of
+    reaching the database.
     """
-    value = raw.strip(" \t")
+    value = raw.strip(OWS)
+    if not value:
+        raise InvalidKey(EMPTY)
     if value.startswith('"'):
-        if len(value) < 2 or not value.endswith('"'):
-            raise InvalidKey(value)
-        value = _unquote(value[1:-1])
-    if not 0 < len(value) <= MAX_KEY_LENGTH:
-        raise InvalidKey(value)
-    if not all("!" <= char <= "~" for char in value):
-        raise InvalidKey(value)
-    return value
+        key, rest = _sf_string(value)
+        rest = rest.lstrip(OWS)
+        if rest.startswith(","):
+            raise InvalidKey(LIST)
+        if rest.startswith(";"):
+            raise InvalidKey(PARAMETERS)
+        if rest:
+            raise InvalidKey(QUOTING)
+    elif "," in value:
+        raise InvalidKey(LIST)
+    else:
+        key = value
+    if not key:
+        raise InvalidKey(EMPTY)
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey(TOO_LONG)
+    if not all("!" <= char <= "~" for char in key):
+        raise InvalidKey(CHARACTERS)
+    return key
 
 
-def _unquote(inner: str) -> str:
+def _sf_string(value: str) -> tuple[str, str]:
+    """Read the structured-field string at the start of ``value``: return
+    its contents and whatever follows the closing quote."""
     chars: list[str] = []
     escaped = False
-    for char in inner:
+    for index, char in enumerate(value[1:], start=1):
         if escaped:
             if char not in '"\\':
-                raise InvalidKey(inner)
+                raise InvalidKey(QUOTING)
             chars.append(char)
             escaped = False
         elif char == "\\":
             escaped = True
         elif char == '"':
-            raise InvalidKey(inner)
+            return "".join(chars), value[index + 1 :]
         else:
             chars.append(char)
-    if escaped:
-        raise InvalidKey(inner)
-    return "".join(chars)
+    raise InvalidKey(QUOTING)  # no closing quote
 
 
-def default_scope(request: Request) -> str:
-    """Scope keys to the authenticated user, so users never share records.
+def default_scope(request: Request) -> str | None:
+    """Scope keys to the authenticated principal, so principals never share
+    records: its kind (the model's label, or the class of a principal that
+    is not a model instance) and its primary key, such as ``auth.user:42``.
+    The kind matters: a service account with ``pk=1`` returned by a custom
+    authentication class is not the user with ``pk=1``.
 
     Anonymous requests share one scope: their key is then a bearer secret,
     as in the IETF draft. Views that answer anonymous clients with private
-    data should pass a ``scope`` that tells those clients apart.
+    data should pass a ``scope`` that tells those clients apart. A principal
+    without a primary key cannot be told apart from others of its kind:
+    ``None``, which refuses the request (pass a ``scope`` for such views).
     """
     user = getattr(request, "user", None)
-    if user is not None and user.is_authenticated:
-        return f"user:{user.pk}"
-    return "anonymous"
+    if user is None or not user.is_authenticated:
+        return "anonymous"
+    pk = getattr(user, "pk", None)
+    if pk is None:
+        return None
+    return f"{principal_kind(user)}:{pk}"
+
+
+def principal_kind(principal: Any) -> str:
+    """What kind of principal this is: a model's label (its concrete model's,
+    since a proxy model's instance is the same row), or a class's path."""
+    meta = getattr(principal, "_meta", None)
+    concrete = getattr(meta, "concrete_model", None)
+    if concrete is not None:
+        return str(concrete._meta.label_lower)
+    kind = type(principal)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def is_missing(scope: object) -> bool:
+    """Whether a scope callable failed to name a scope: ``None``, ``False``,
+    or an empty or blank value. Such a value must never become a scope of
+    its own, which every client it was returned for would share."""
+    if scope is None or scope is False:
+        return True
+    if isinstance(scope, (str, bytes)):
+        return not scope.strip()
+    try:
+        return len(scope) == 0  # type: ignore[arg-type]
+    except TypeError:
+        return False
 
 
 def normalise_scope(scope: object) -> str:

@@ -54,7 +54,16 @@ KEY_MALFORMED = Problem(
     "key-malformed",
     400,
     "Idempotency key malformed",
-    "The {header} header must be 1 to 255 visible ASCII characters, optionally in double quotes.",
+    "The {header} header must be one key of 1 to 255 visible ASCII characters, optionally in "
+    "double quotes. {reason}",
+)
+SCOPE_MISSING = Problem(
+    "scope-missing",
+    400,
+    "Client not identified",
+    "This request could not be tied to a client: neither credentials nor a session identify "
+    "it, so its {header} cannot be kept apart from other clients' keys. Sign in or start a "
+    "session, then send the request again.",
 )
 BODY_MALFORMED = Problem(
     "body-malformed",

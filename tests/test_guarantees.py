@@ -108,7 +108,7 @@ class TestG4Scope:
 
     def test_scope_is_the_user_primary_key(self, client, user):
         post(client, new_key())
-        assert IdempotencyKey.objects.get().scope == f"user:{user.pk}"
+        assert IdempotencyKey.objects.get().scope == f"testapp.user:{user.pk}"
 
     def test_same_key_on_another_endpoint_is_a_mismatch(self, client):
         key = new_key()
@@ -211,7 +211,7 @@ class TestAuthenticationComesFirst:
         key = new_key()
         post(client, key)
         assert post(client, key)["Idempotent-Replayed"] == "true"
-        assert IdempotencyKey.objects.get().scope == f"user:{user.pk}"
+        assert IdempotencyKey.objects.get().scope == f"testapp.user:{user.pk}"
 
     def test_basic_authentication(self, user):
         client = APIClient()

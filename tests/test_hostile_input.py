@@ -120,6 +120,15 @@ KEYS = st.one_of(
     ),
     st.text(max_size=40),  # non-Latin-1 text, as an ASGI server or a test client may pass
     st.text(st.characters(categories=["Cs"]), min_size=1, max_size=3),  # lone surrogates
+    # A header sent several times, as servers join it, bare or quoted, and
+    # a quoted key with parameters.
+    st.lists(st.text(VISIBLE_ASCII, min_size=1, max_size=40), min_size=2, max_size=4).map(
+        ",".join
+    ),
+    st.lists(st.text(VISIBLE_ASCII, min_size=1, max_size=40).map(quoted), min_size=2).map(
+        ", ".join
+    ),
+    st.builds("{};{}".format, st.text(VISIBLE_ASCII, max_size=40).map(quoted), st.text(LATIN1)),
     repeated(["k", "\x00", "\xff", " ", '"', "\\"], 256, 200_000),  # huge
 )
 
@@ -485,12 +494,12 @@ def alice(user):
 
 
 def key_must_be_refused(raw: str) -> bool:
-    """CONTRACT §2: empty, or a character outside visible ASCII once the
-    optional white space around it is gone; too long, when not quoted."""
+    """Empty, or a character outside visible ASCII once the optional white
+    space around it is gone; when not quoted, too long or a list (a comma)."""
     value = raw.strip(" \t")
     if not value or any(not "!" <= char <= "~" for char in value):
         return True
-    return len(value) > 255 and not value.startswith('"')
+    return not value.startswith('"') and (len(value) > 255 or "," in value)
 
 
 def key_must_be_accepted(raw: str) -> bool:
@@ -519,9 +528,14 @@ def test_any_key_header_value(alice, key, headers, endpoint):
 
 
 @bounded(30)
-@given(key=st.text(VISIBLE_ASCII, min_size=1, max_size=253).filter(lambda k: k[0] != '"'))
+@given(
+    key=st.text(VISIBLE_ASCII, min_size=1, max_size=253).filter(
+        lambda k: k[0] != '"' and "," not in k
+    )
+)
 def test_the_quoted_key_is_the_bare_key(alice, key):
-    # A bare value that starts with a double quote is read as the quoted form.
+    # A bare value that starts with a double quote is read as the quoted
+    # form; a bare comma makes a list (the quoted form may hold one).
     with rolled_back():
         first = request("POST", FUNCTION.path, quoted(key), "application/json", b"{}")()
         assert first.status_code == 201

@@ -47,12 +47,32 @@ MISSING = problem(
     "This request must carry an Idempotency-Key header. Send a new unique value, such as a "
     "UUID, and send the same value again when you retry the request.",
 )
-MALFORMED = problem(
-    "key-malformed",
-    400,
-    "Idempotency key malformed",
-    "The Idempotency-Key header must be 1 to 255 visible ASCII characters, optionally in "
-    "double quotes.",
+
+
+def malformed(reason: str) -> dict:
+    return problem(
+        "key-malformed",
+        400,
+        "Idempotency key malformed",
+        "The Idempotency-Key header must be one key of 1 to 255 visible ASCII characters, "
+        f"optionally in double quotes. {reason}",
+    )
+
+
+EMPTY = "The header is empty."
+LIST = (
+    "It holds a list, not one key: the header was sent more than once (servers join repeated "
+    "header lines with commas) or with several values. Send it once, with one key."
+)
+PARAMETERS = "Parameters after the key (;name=value) are not supported. Send the key alone."
+QUOTING = (
+    "Its double quotes do not form one structured-field string (RFC 8941): a quoted key "
+    'may escape only " and \\ with a backslash.'
+)
+TOO_LONG = "It is longer than 255 characters."
+CHARACTERS = (
+    "It may hold only visible ASCII characters: no spaces, control characters or non-ASCII "
+    "letters."
 )
 IN_FLIGHT = problem(
     "in-flight",
@@ -166,7 +186,7 @@ class TestInFlight:
         key = new_key()
         baker.make(
             IdempotencyKey,
-            scope=f"user:{user.pk}",
+            scope=f"testapp.user:{user.pk}",
             key=key,
             state=IdempotencyKey.State.IN_FLIGHT,
             expires_at=timezone.now() + timedelta(seconds=60),
@@ -180,7 +200,7 @@ class TestInFlight:
         key = new_key()
         baker.make(
             IdempotencyKey,
-            scope=f"user:{user.pk}",
+            scope=f"testapp.user:{user.pk}",
             key=key,
             state=IdempotencyKey.State.IN_FLIGHT,
             expires_at=timezone.now() - timedelta(seconds=1),
@@ -254,25 +274,59 @@ class TestMissingKey:
 
 class TestMalformedKey:
     @pytest.mark.parametrize(
-        "value",
+        ("value", "reason"),
         [
-            "",
-            "   ",
-            "k" * 256,
-            "with space",
-            "tab\there",
-            "caf\u00e9",
-            "\x7f",
-            '""',
-            '"unterminated\\"',
-            '"bad \\n escape"',
-            '"a"b"',
+            ("", EMPTY),
+            ("   ", EMPTY),
+            ('""', EMPTY),
+            ("k" * 256, TOO_LONG),
+            ('"' + "k" * 256 + '"', TOO_LONG),
+            ("with space", CHARACTERS),
+            ('"with space"', CHARACTERS),
+            ("tab\there", CHARACTERS),
+            ("caf\u00e9", CHARACTERS),
+            ("\x7f", CHARACTERS),
+            ('"unterminated\\"', QUOTING),
+            ('"bad \\n escape"', QUOTING),
+            ('"a"b"', QUOTING),
+            ('"a" b', QUOTING),
+            # A header sent twice, as servers join it, or a list of keys.
+            ("8e03978e,8e03978e", LIST),
+            ("8e03978e, 8e03978e", LIST),
+            ("aaa,bbb", LIST),
+            ("aaa,", LIST),
+            (",aaa", LIST),
+            ('"aaa","aaa"', LIST),
+            ('"aaa", "aaa"', LIST),
+            ('"a,b", "a,b"', LIST),
+            ('"aaa",bbb', LIST),
+            ('aaa,"aaa"', LIST),
+            # Structured-field parameters.
+            ('"aaa";a=1', PARAMETERS),
+            ('"aaa" ;a="1"', PARAMETERS),
         ],
     )
-    def test_is_refused(self, client, value):
-        assert_problem(post(client, value), MALFORMED)
+    def test_is_refused_and_says_why(self, client, value, reason):
+        assert_problem(post(client, value), malformed(reason))
         assert not Execution.objects.exists()
         assert not IdempotencyKey.objects.exists()
+
+    def test_a_header_sent_twice_never_runs_the_handler_again(self, client):
+        first = post(client, "8e03978e")
+        assert first.status_code == 201
+        # The same line twice, joined by the server: refused, not a new key.
+        assert post(client, "8e03978e,8e03978e").status_code == 400
+        assert post(client, "8e03978e")["Idempotent-Replayed"] == "true"
+        assert Execution.objects.count() == 1
+
+    def test_a_comma_inside_a_quoted_key_is_part_of_the_key(self, client):
+        first = post(client, '"a,b"')
+        assert first.status_code == 201
+        assert IdempotencyKey.objects.get().key == "a,b"
+        retry = post(client, '  "a,b"\t')
+        assert retry["Idempotent-Replayed"] == "true"
+        assert retry.content == first.content
+        assert Execution.objects.count() == 1
 
     def test_255_visible_characters_are_accepted(self, client):
         key = "!" + "k" * 253 + "~"

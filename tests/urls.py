@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from tests.testapp import views
+from tests.testapp import deferred, views
 
 router = DefaultRouter()
 router.register("items", views.ItemViewSet, basename="item")
@@ -27,6 +27,12 @@ urlpatterns = [
     path("constant-b/", views.constant_b),
     path("upload/<str:filename>", views.upload),
     path("taken-over/", views.taken_over),
+    path("principal/", views.principal),
+    path("deferred-scope/", deferred.deferred_scope),
+    path("missing-scope/", views.missing_scope),
+    path("by-session-key/", views.by_session_key),
+    path("by-session/", views.by_session),
+    path("start-session/", views.start_session),
     path("redis/charge/", views.redis_charge),
     path("redis/mixin/", views.RedisChargeView.as_view()),
     path("generic/items/", views.ItemCreateView.as_view()),

@@ -27,3 +27,23 @@ class Item(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ServiceAccount(models.Model):
+    """A principal that is not a user: what a custom authentication class may
+    return. Its primary keys may equal a user's."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=100)
+
+    is_authenticated = True
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class StaffUser(User):
+    """A proxy of the user model: the same rows, so the same principals."""
+
+    class Meta:
+        proxy = True

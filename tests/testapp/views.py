@@ -6,15 +6,18 @@ import itertools
 import json
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import connections, transaction
 from django.http import HttpResponse, QueryDict, StreamingHttpResponse
 from django.utils import timezone
 from rest_framework import generics, serializers, status, viewsets
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.decorators import (
     action,
     api_view,
+    authentication_classes,
     parser_classes,
     permission_classes,
     throttle_classes,
@@ -27,10 +30,11 @@ from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from idempotency.decorators import idempotent
+from idempotency.keys import default_scope
 from idempotency.mixins import IdempotentMixin
 from idempotency.models import IdempotencyKey
 
-from .models import Execution, Item
+from .models import Execution, Item, ServiceAccount, StaffUser, User
 
 
 class Gate:
@@ -390,3 +394,91 @@ class RedisChargeView(IdempotentMixin, APIView):
 
     def post(self, request):
         return act_outside_database(request, "redis-mixin")
+
+
+# Principals of every kind, for the default scope.
+
+
+@dataclass
+class PlainPrincipal:
+    """A principal that is no model instance, as some token schemes return."""
+
+    pk: str | None
+    is_authenticated: bool = True
+
+
+class PrincipalAuthentication(BaseAuthentication):
+    """Authenticates whoever ``X-Principal`` names: ``user:<username>``,
+    ``staff:<username>`` (a proxy model), ``account:<name>`` (a service
+    account), ``plain:<pk>`` or ``plain:`` (no primary key)."""
+
+    def authenticate(self, request):
+        kind, _, name = request.headers.get("X-Principal", "").partition(":")
+        if kind == "user":
+            return User.objects.get(username=name), None
+        if kind == "staff":
+            return StaffUser.objects.get(username=name), None
+        if kind == "account":
+            return ServiceAccount.objects.get(name=name), None
+        if kind == "plain":
+            return PlainPrincipal(pk=name or None), None
+        return None
+
+
+@api_view(["POST"])
+@authentication_classes([PrincipalAuthentication])
+@idempotent
+def principal(request):
+    return behave(request, "principal")
+
+
+# Scopes that identify no client.
+
+MISSING_SCOPES = {"none": None, "empty": "", "blank": " ", "false": False, "list": []}
+
+
+def scope_from_header(request):
+    return MISSING_SCOPES.get(request.headers.get("X-Scope", ""), "given")
+
+
+@api_view(["POST"])
+@permission_classes([AllowAny])
+@idempotent(scope=scope_from_header)
+def missing_scope(request):
+    return behave(request, "missing-scope")
+
+
+def session_key(request):
+    # The advice gone wrong: None for every browser without a session yet.
+    return request.session.session_key
+
+
+@api_view(["POST"])
+@permission_classes([AllowAny])
+@idempotent(scope=session_key)
+def by_session_key(request):
+    return behave(request, "by-session-key")
+
+
+def scope_by_session(request):
+    """The README's scope for anonymous clients: their session, which the
+    page that sent the form started."""
+    if request.user.is_authenticated:
+        return default_scope(request)
+    key = request.session.session_key
+    return f"session:{key}" if key else None
+
+
+@api_view(["POST"])
+@permission_classes([AllowAny])
+@idempotent(scope=scope_by_session)
+def by_session(request):
+    return behave(request, "by-session")
+
+
+@api_view(["GET"])
+@permission_classes([AllowAny])
+def start_session(request):
+    """The page that hosts the form: it starts the session."""
+    request.session["visited"] = True
+    return Response({"ok": True})
