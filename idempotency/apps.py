@@ -12,7 +12,7 @@ class IdempotencyConfig(AppConfig):
         from django.db.models.signals import post_delete, post_migrate
 
         from .accelerator import forget_database, forget_deleted
-        from .checks import check_database, check_redis, check_settings
+        from .checks import check_database, check_redis, check_settings, check_view_options
         from .models import IdempotencyKey
 
         # Copies in Redis must not outlive their records (accelerator.py).
@@ -20,5 +20,6 @@ class IdempotencyConfig(AppConfig):
         post_migrate.connect(forget_database, sender=self, dispatch_uid="idempotency")
 
         checks.register(check_settings)
+        checks.register(check_view_options)
         checks.register(check_redis, checks.Tags.caches)
         checks.register(check_database, checks.Tags.database)

@@ -19,7 +19,16 @@ from django.utils.module_loading import import_string
 
 from .backends import redis
 from .backends.database import UnsupportedDatabase, dialect_for
-from .conf import BACKENDS, DEFAULTS, NEVER_REPLAYED, as_timedelta, settings, user_settings
+from .conf import (
+    BACKENDS,
+    DEFAULTS,
+    DEFERRED_PATHS,
+    NEVER_REPLAYED,
+    as_callable,
+    as_timedelta,
+    settings,
+    user_settings,
+)
 from .options import LONGEST_LOCK_TIMEOUT, LONGEST_TTL, REDIS_BACKEND_VIEWS
 
 HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
@@ -106,7 +115,7 @@ def _callable(name: str, id: str) -> Any:
             try:
                 if callable(import_string(value)):
                     return []
-            except ImportError:
+            except Exception:  # ImportError, or whatever the module raised
                 pass
         return _error(
             name,
@@ -331,11 +340,7 @@ def check_redis(
     users = []
     if value.get("BACKEND") == "redis":
         users.append('IDEMPOTENCY["BACKEND"]')
-    # The decorators register their views as the URLconf is imported; import
-    # it here, since the order of system checks is not fixed. Its own errors
-    # are Django's URL checks' to report.
-    with contextlib.suppress(Exception):
-        get_resolver().url_patterns  # noqa: B018
+    _import_views()
     users.extend(sorted(REDIS_BACKEND_VIEWS))
     if not users:
         return []
@@ -349,6 +354,36 @@ def check_redis(
             id="idempotency.E021",
         )
     ]
+
+
+def _import_views() -> None:
+    """The decorators and the mixin register their views as the URLconf is
+    imported; import it here, since the order of system checks is not fixed.
+    Its own errors are Django's URL checks' to report."""
+    with contextlib.suppress(Exception):
+        get_resolver().url_patterns  # noqa: B018
+
+
+def check_view_options(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Dotted paths that a view could not resolve where it was defined, its
+    module being still imported then, must resolve now that it is."""
+    _import_views()
+    errors: list[checks.CheckMessage] = []
+    for deferred in DEFERRED_PATHS:
+        try:
+            as_callable(deferred.path, deferred.label)
+        except Exception as exc:  # whatever importing the module raised
+            errors.append(
+                checks.Error(
+                    str(exc),
+                    hint="Give the dotted path of a callable taking the request, or the "
+                    "callable itself.",
+                    id="idempotency.E025",
+                )
+            )
+    return errors
 
 
 VALUE_CHECKS = {

@@ -8,7 +8,9 @@ properties only normalise values that the checks have already approved.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
@@ -70,9 +72,54 @@ def as_callable(value: str | Callable[..., Any], label: str) -> Callable[..., An
     if callable(value):
         return value
     try:
-        return _import(value)
+        found = _import(value)
     except ImportError as exc:
-        raise ImproperlyConfigured(f"{label} cannot be imported: {exc}") from exc
+        raise ImproperlyConfigured(f"{label} {value!r} cannot be imported: {exc}") from exc
+    if not callable(found):
+        raise ImproperlyConfigured(f"{label} {value!r} is not a callable.")
+    return found
+
+
+@dataclass(frozen=True)
+class DeferredPath:
+    """A view's dotted path that could not be resolved where the view was
+    defined, because the module it names was still being imported."""
+
+    label: str
+    path: str
+
+
+# Resolved by the system checks (idempotency.E025) and by the first request.
+DEFERRED_PATHS: list[DeferredPath] = []
+
+
+def resolve_early(value: str | Callable[..., Any], label: str) -> str | Callable[..., Any]:
+    """Resolve a view's dotted path as the view is defined, so that a typo
+    fails at import rather than on every request.
+
+    A path into a module that is still being imported (a view naming a
+    function defined further down its own module, or an import cycle) cannot
+    be resolved yet: it is kept as a string, resolved on the first request,
+    and checked by ``manage.py check`` once every module is loaded.
+    """
+    if callable(value):
+        return value
+    try:
+        return as_callable(value, label)
+    except ImproperlyConfigured as exc:
+        if not _still_importing(value, exc.__cause__):
+            raise
+    DEFERRED_PATHS.append(DeferredPath(label, value))
+    return value
+
+
+def _still_importing(path: str, exc: BaseException | None) -> bool:
+    names = {path.rpartition(".")[0], getattr(exc, "name", None) or ""}
+    for name in names:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module.__spec__, "_initializing", False):
+            return True
+    return False
 
 
 class Settings:

@@ -67,15 +67,16 @@ def idempotent(
 
     def decorator(handler: F) -> F:
         _refuse_wrong_target(handler)
+        resolved = options.resolve(f"@idempotent on {handler.__module__}.{handler.__qualname__}")
         if options.backend == "redis":
             REDIS_BACKEND_VIEWS.add(f"{handler.__module__}.{handler.__qualname__}")
 
         @functools.wraps(handler)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             request = _find_request(handler, args)
-            return protect(request, lambda: handler(*args, **kwargs), options)
+            return protect(request, lambda: handler(*args, **kwargs), resolved)
 
-        setattr(wrapper, OPTIONS_ATTRIBUTE, options)
+        setattr(wrapper, OPTIONS_ATTRIBUTE, resolved)
         return wrapper  # type: ignore[return-value]
 
     return decorator(func) if func is not None else decorator

@@ -42,7 +42,7 @@ class IdempotentMixin:
             fingerprint=cls.idempotency_fingerprint,
             methods=cls.idempotency_methods,
             backend=cls.idempotency_backend,
-        )
+        ).resolve(f"{cls.__module__}.{cls.__qualname__}")
         if cls._idempotency_options.backend == "redis":
             REDIS_BACKEND_VIEWS.add(f"{cls.__module__}.{cls.__qualname__}")
         mro = cls.__mro__

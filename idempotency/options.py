@@ -3,12 +3,13 @@ settings when a request arrives (so ``override_settings`` still applies)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from .conf import BACKENDS, as_callable, as_timedelta, settings
+from .conf import BACKENDS, as_callable, as_timedelta, resolve_early, settings
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Long enough for any real TTL, short enough that now + TTL stays a datetime.
@@ -85,6 +86,22 @@ class Options:
             backend=backend,
         )
 
+    def resolve(self, where: str) -> Options:
+        """These options with their dotted paths imported, for the view
+        ``where``: raises ``ImproperlyConfigured`` if one cannot be, when the
+        view is defined rather than on every request."""
+        return dataclasses.replace(
+            self,
+            scope=None
+            if self.scope is None
+            else resolve_early(self.scope, f"The scope of {where}"),
+            fingerprint=(
+                None
+                if self.fingerprint is None
+                else resolve_early(self.fingerprint, f"The fingerprint of {where}")
+            ),
+        )
+
     def get_ttl(self) -> timedelta:
         return self.ttl if self.ttl is not None else settings.TTL
 
@@ -97,9 +114,9 @@ class Options:
     def get_scope(self) -> ScopeFunc:
         if self.scope is None:
             return settings.SCOPE
-        return as_callable(self.scope, "The view's scope option")
+        return as_callable(self.scope, "The view's scope")
 
     def get_fingerprint(self) -> FingerprintFunc:
         if self.fingerprint is None:
             return settings.FINGERPRINT
-        return as_callable(self.fingerprint, "The view's fingerprint option")
+        return as_callable(self.fingerprint, "The view's fingerprint")

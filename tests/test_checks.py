@@ -15,8 +15,8 @@ from django.test import override_settings
 from django_redis.client import DefaultClient
 
 from idempotency import checks as checks_module
-from idempotency.checks import check_database, check_redis, check_settings
-from idempotency.conf import settings
+from idempotency.checks import check_database, check_redis, check_settings, check_view_options
+from idempotency.conf import DeferredPath, settings
 from idempotency.keys import default_scope
 
 
@@ -178,6 +178,7 @@ BAD_CALLABLES = [
     "no_such_module.scope",
     "not a path",
     "idempotency.conf.DEFAULTS",
+    "tests.testapp.broken.scope",  # a module that raises as it is imported
     NOT_CALLABLE,
     None,
 ]
@@ -198,6 +199,30 @@ def test_e008_fingerprint(value):
     error = only_error({"FINGERPRINT": value})
     assert error.id == "idempotency.E008"
     assert error.hint == 'The default is "idempotency.fingerprint.default_fingerprint".'
+
+
+def test_e025_a_views_deferred_path_that_does_not_resolve(monkeypatch):
+    deferred = [
+        DeferredPath("The scope of @idempotent on app.views.charge", "app.views.below"),
+        DeferredPath("The scope of app.views.Charges", "tests.testapp.views.GATES"),
+        DeferredPath("The scope of app.views.Fine", "tests.testapp.views.scope_by_tenant"),
+    ]
+    monkeypatch.setattr(checks_module, "DEFERRED_PATHS", deferred)
+    errors = check_view_options()
+    assert [error.id for error in errors] == ["idempotency.E025"] * 2
+    assert errors[0].msg.startswith(
+        "The scope of @idempotent on app.views.charge 'app.views.below' cannot be imported: "
+    )
+    assert errors[1].msg == (
+        "The scope of app.views.Charges 'tests.testapp.views.GATES' is not a callable."
+    )
+    assert errors[1].hint == (
+        "Give the dotted path of a callable taking the request, or the callable itself."
+    )
+
+
+def test_e025_the_projects_deferred_paths_resolve():
+    assert check_view_options() == []
 
 
 @pytest.mark.parametrize(
@@ -587,7 +612,7 @@ def test_bad_scope_path(value):
         pytest.raises(ImproperlyConfigured) as info,
     ):
         settings.SCOPE  # noqa: B018
-    assert str(info.value).startswith("IDEMPOTENCY['SCOPE'] cannot be imported: ")
+    assert str(info.value).startswith(f"IDEMPOTENCY['SCOPE'] {value!r} cannot be imported: ")
     assert isinstance(info.value.__cause__, ImportError)
 
 
@@ -597,4 +622,6 @@ def test_bad_fingerprint_path():
         pytest.raises(ImproperlyConfigured) as info,
     ):
         settings.FINGERPRINT  # noqa: B018
-    assert str(info.value).startswith("IDEMPOTENCY['FINGERPRINT'] cannot be imported: ")
+    assert str(info.value).startswith(
+        "IDEMPOTENCY['FINGERPRINT'] 'idempotency.fingerprint.nothing' cannot be imported: "
+    )

@@ -6,6 +6,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpResponse
 from django.test import RequestFactory
 from model_bakery import baker
@@ -13,6 +14,7 @@ from rest_framework import viewsets
 from rest_framework.decorators import api_view
 from rest_framework.views import APIView
 
+from idempotency.conf import DEFERRED_PATHS, DeferredPath
 from idempotency.decorators import idempotent
 from idempotency.mixins import IdempotentMixin
 from idempotency.models import IdempotencyKey
@@ -269,6 +271,49 @@ class TestMisuse:
         mixin_options = {f"idempotency_{name}": value for name, value in options.items()}
         with pytest.raises(error):
             type("View", (IdempotentMixin, APIView), mixin_options)
+
+    @pytest.mark.parametrize("option", ["scope", "fingerprint"])
+    def test_a_dotted_path_that_cannot_be_imported_raises_when_the_view_is_defined(self, option):
+        def handler(self, request):
+            return HttpResponse()
+
+        with pytest.raises(ImproperlyConfigured) as excinfo:
+            idempotent(**{option: "tests.testapp.views.typo"})(handler)
+        assert str(excinfo.value).startswith(
+            f"The {option} of @idempotent on tests.test_views.TestMisuse.test_a_dotted_path_"
+            "that_cannot_be_imported_raises_when_the_view_is_defined.<locals>.handler "
+            "'tests.testapp.views.typo' cannot be imported: "
+        )
+        with pytest.raises(ImproperlyConfigured) as excinfo:
+            type("Charges", (IdempotentMixin, APIView), {f"idempotency_{option}": "nope"})
+        assert str(excinfo.value).startswith(
+            f"The {option} of tests.test_views.Charges 'nope' cannot be imported: "
+        )
+
+    def test_a_dotted_path_to_something_not_callable_raises(self):
+        with pytest.raises(ImproperlyConfigured) as excinfo:
+            type(
+                "Charges",
+                (IdempotentMixin, APIView),
+                {"idempotency_scope": "tests.testapp.views.GATES"},
+            )
+        assert str(excinfo.value) == (
+            "The scope of tests.test_views.Charges 'tests.testapp.views.GATES' is not a callable."
+        )
+
+    def test_a_path_into_a_module_still_being_imported_is_resolved_later(self, client):
+        # tests.testapp.deferred names a function defined below its view: it
+        # is resolved by the first request (and checked by manage.py check).
+        assert (
+            DeferredPath(
+                "The scope of @idempotent on tests.testapp.deferred.deferred_scope",
+                "tests.testapp.deferred.scope_below",
+            )
+            in DEFERRED_PATHS
+        )
+        response = client.post("/deferred-scope/", {}, headers={"Idempotency-Key": "k"})
+        assert response.status_code == 201
+        assert IdempotencyKey.objects.get().scope == "below"
 
     def test_bare_and_called_forms_are_equivalent(self):
         def handler(self, request):
