@@ -161,6 +161,12 @@ def _execute(
     response, and the key is free for a corrected retry.
     """
     response, stored = _capture(request, call)
+    if store.rolled_back():
+        # The handler rolled its own work back (transaction.set_rollback(),
+        # or a database error it caught without a savepoint): its effects go
+        # with the claim, nothing is stored, and the client gets the
+        # handler's own answer, as it would without the decorator.
+        raise _RolledBack(response)
     if stored is None:
         # Transient outcomes: undo the effects and leave the key free.
         transaction.set_rollback(True, using=store.alias)

@@ -28,6 +28,7 @@ urlpatterns = [
     path("upload/<str:filename>", views.upload),
     path("taken-over/", views.taken_over),
     path("principal/", views.principal),
+    path("rolls-back/", views.rolls_back),
     path("deferred-scope/", deferred.deferred_scope),
     path("missing-scope/", views.missing_scope),
     path("by-session-key/", views.by_session_key),

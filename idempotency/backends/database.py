@@ -175,6 +175,13 @@ class DatabaseStore:
             and self.dialect.alive(self.connection)
         )
 
+    def rolled_back(self) -> bool:
+        """Whether the claim's transaction can only roll back now: the
+        handler marked it (``transaction.set_rollback(True)``, or an error
+        inside an ``atomic(savepoint=False)`` or an ORM write), or, on
+        PostgreSQL, an error it caught aborted the transaction."""
+        return self.connection.needs_rollback or self.dialect.aborted(self.connection)
+
     def claim(self, info: RequestInfo, lock_timeout: timedelta) -> Claim:
         """Insert the in-flight record for ``info``, or report what holds the key.
 
@@ -342,6 +349,11 @@ class Dialect(abc.ABC):
     def alive(self, connection: BaseDatabaseWrapper) -> bool:
         return connection.is_usable()
 
+    def aborted(self, connection: BaseDatabaseWrapper) -> bool:
+        """Whether an error aborted the transaction (MariaDB and SQLite roll
+        back only the failed statement)."""
+        return False
+
     @abc.abstractmethod
     def insert(
         self, store: DatabaseStore, params: list[Any], info: RequestInfo, lock_timeout: timedelta
@@ -369,6 +381,13 @@ class PostgreSQLDialect(Dialect):
         # marks a lost connection closed and broken; psycopg 2 closed (2).
         raw = connection.connection
         return not raw.closed and not getattr(raw, "broken", False)
+
+    # libpq's PQTRANS_INERROR, as both psycopg 3 and psycopg 2 (2.8+) report
+    # it in connection.info.transaction_status: read without a round trip.
+    IN_ERROR = 3
+
+    def aborted(self, connection: BaseDatabaseWrapper) -> bool:
+        return bool(connection.connection.info.transaction_status == self.IN_ERROR)
 
     def claim_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
         # One statement answers every case: it takes the key's advisory lock,

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import connections, transaction
+from django.db import IntegrityError, connections, transaction
 from django.http import HttpResponse, QueryDict, StreamingHttpResponse
 from django.utils import timezone
 from rest_framework import generics, serializers, status, viewsets
@@ -482,3 +482,42 @@ def start_session(request):
     """The page that hosts the form: it starts the session."""
     request.session["visited"] = True
     return Response({"ok": True})
+
+
+# Handlers that roll their own work back and answer for themselves.
+
+
+def refuse(request, how: str) -> Response:
+    """Write, then undo the transaction as ``how`` says, and answer 400."""
+    execution = record(request, f"rolled-back-{how}")
+    if how == "set_rollback":
+        transaction.set_rollback(True)
+    elif how == "orm":
+        # An IntegrityError caught without a savepoint: the ORM marks the
+        # transaction for rollback.
+        try:
+            Execution.objects.create(pk=execution.pk, label="duplicate")
+        except IntegrityError:
+            pass
+    elif how == "cursor":
+        # The same through a raw cursor: Django marks nothing, but
+        # PostgreSQL has aborted the transaction.
+        try:
+            with connections["default"].cursor() as cursor:
+                cursor.execute(
+                    "INSERT INTO testapp_execution (id, label, key, created_at)"
+                    " SELECT id, label, key, created_at FROM testapp_execution WHERE id = %s",
+                    [execution.pk],
+                )
+        except IntegrityError:
+            pass
+    return Response({"detail": f"refused ({how})"}, status=400)
+
+
+@api_view(["POST"])
+@idempotent
+def rolls_back(request):
+    how = request.data.get("rollback")
+    if how:
+        return refuse(request, how)
+    return behave(request, "rolls-back")

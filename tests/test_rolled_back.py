@@ -1,0 +1,55 @@
+"""A handler that rolls its own work back gets its own answer through, and
+leaves nothing behind: no effect, no record, the key free."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.db import connections
+
+from idempotency.models import IdempotencyKey
+from tests.testapp.models import Execution
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+URL = "/rolls-back/"
+# How the handler undoes its work; the raw cursor leaves no mark that
+# Django sees, and only PostgreSQL aborts a transaction on an error.
+WAYS = [
+    "set_rollback",
+    "orm",
+    pytest.param("cursor", marks=pytest.mark.vendor("postgresql")),
+]
+
+
+def charge(client, body: dict, key: str = "k"):
+    return client.post(URL, body, format="json", headers={"Idempotency-Key": key})
+
+
+@pytest.fixture(params=[False, True], ids=["autocommit", "atomic_requests"])
+def requests_mode(request):
+    """Each way, with and without ATOMIC_REQUESTS."""
+    settings_dict = connections["default"].settings_dict
+    settings_dict["ATOMIC_REQUESTS"] = request.param
+    yield request.param
+    settings_dict["ATOMIC_REQUESTS"] = False
+
+
+@pytest.mark.parametrize("how", WAYS)
+def test_the_client_gets_the_handlers_own_answer_and_nothing_is_kept(client, how, requests_mode):
+    response = charge(client, {"rollback": how})
+    assert response.status_code == 400
+    assert json.loads(response.content) == {"detail": f"refused ({how})"}
+    assert "Idempotent-Replayed" not in response
+    assert not Execution.objects.exists()
+    assert not IdempotencyKey.objects.exists()
+
+
+@pytest.mark.parametrize("how", WAYS)
+def test_the_key_is_free_for_a_corrected_retry(client, how, requests_mode):
+    charge(client, {"rollback": how})
+    corrected = charge(client, {"rollback": ""})
+    assert corrected.status_code == 201
+    assert Execution.objects.get().label == "rolls-back"
+    assert charge(client, {"rollback": ""})["Idempotent-Replayed"] == "true"
