@@ -143,9 +143,10 @@ def _replay_headers(value: Any) -> list[checks.CheckMessage]:
     if session:
         return _error(
             "REPLAY_HEADERS",
-            f"names {', '.join(session)}, which belong to one client's session and are never "
-            "replayed.",
-            "Remove them: replaying them would hand one client's session to another.",
+            f"names {', '.join(session)}, which belong to one client or one exchange and are "
+            "never replayed.",
+            "Remove them: replaying them would hand one client's session or credentials to "
+            "another (Vary is set again on every response, the replay included).",
             "idempotency.E010",
         )
     return []

@@ -26,7 +26,19 @@ DEFAULTS: dict[str, Any] = {
     "REQUIRED": True,
     "SCOPE": "idempotency.keys.default_scope",
     "FINGERPRINT": "idempotency.fingerprint.default_fingerprint",
-    "REPLAY_HEADERS": ("Content-Type", "Location", "ETag", "Link", "Content-Language"),
+    # What describes the stored representation (README.rst, "REPLAY_HEADERS").
+    "REPLAY_HEADERS": (
+        "Cache-Control",
+        "Content-Disposition",
+        "Content-Encoding",
+        "Content-Language",
+        "Content-Location",
+        "Content-Type",
+        "ETag",
+        "Last-Modified",
+        "Link",
+        "Location",
+    ),
     "STORE_SERVER_ERRORS": False,
     "MAX_RESPONSE_BYTES": 1024 * 1024,
     "DATABASE": "default",
@@ -44,10 +56,25 @@ DEFAULTS: dict[str, Any] = {
 
 BACKENDS = ("database", "redis")
 
-# Headers that belong to one client session. They are refused by the system
-# checks and dropped again at run time, so a replay can never hand one
-# client's session to another.
-NEVER_REPLAYED = frozenset({"set-cookie", "vary", "www-authenticate", "x-csrftoken"})
+# Headers that belong to one client or one exchange. They are refused by the
+# system checks and dropped again at run time, so a replay can never hand one
+# client's session or credentials to another. Vary is computed again for
+# each response, the replay included, by the middleware and DRF that set it.
+NEVER_REPLAYED = frozenset(
+    {
+        "authentication-info",
+        "clear-site-data",
+        "proxy-authenticate",
+        "proxy-authentication-info",
+        "set-cookie",
+        "vary",
+        "www-authenticate",
+        "x-csrftoken",
+    }
+)
+# Part of what the stored body means: replayed whatever REPLAY_HEADERS says.
+# The body is stored as sent, so it is still in its Content-Encoding.
+ALWAYS_REPLAYED = frozenset({"content-encoding", "content-type", "location"})
 
 
 def user_settings() -> dict[str, Any]:
@@ -154,10 +181,8 @@ class Settings:
 
     @property
     def REPLAY_HEADERS(self) -> frozenset[str]:
-        # Content-Type and Location are part of the response's meaning, so
-        # they are replayed whatever the setting says (CONTRACT section 2).
         names = {name.lower() for name in self._get("REPLAY_HEADERS")}
-        return frozenset((names | {"content-type", "location"}) - NEVER_REPLAYED)
+        return frozenset((names | ALWAYS_REPLAYED) - NEVER_REPLAYED)
 
     @property
     def STORE_SERVER_ERRORS(self) -> bool:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 
+from asgiref.sync import async_to_sync
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError, transaction
 from django.http import HttpResponse, UnreadablePostError
@@ -317,26 +318,63 @@ def _read_body(response: HttpResponseBase, limit: int) -> bytes:
     """The response's body, read up to ``limit`` bytes.
 
     A stream is drained into memory and handed back to the same response, so
-    the client still gets it streamed. Its ``close()`` must not be called
-    here: that sends ``request_finished``, whose handler closes the database
-    connection in the middle of this transaction. The server closes the
-    response at the end of the request, as always.
+    the client still gets it streamed, and an asynchronous stream (server-sent
+    events, an export) stays asynchronous for the server that serves it. Its
+    ``close()`` must not be called here: that sends ``request_finished``,
+    whose handler closes the database connection in the middle of this
+    transaction. The server closes the response at the end of the request,
+    as always.
     """
     if not response.streaming:
         body: bytes = response.content  # type: ignore[attr-defined]
         if len(body) > limit:
             raise _RolledBack(problems.RESPONSE_TOO_LARGE.response())
         return body
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in response.streaming_content:  # type: ignore[attr-defined]
-        size += len(chunk)
-        if size > limit:
-            raise _RolledBack(problems.RESPONSE_TOO_LARGE.response())
-        chunks.append(bytes(chunk))
-    body = b"".join(chunks)
+    if response.is_async:  # type: ignore[attr-defined]
+        # Handlers run in a thread of their own under ASGI too, so the
+        # iterator is drained on the server's event loop from here.
+        body = async_to_sync(_drain_async)(response.streaming_content, limit)  # type: ignore[attr-defined]
+        response.streaming_content = _replay_async(body)  # type: ignore[attr-defined]
+        return body
+    body = _drain(response.streaming_content, limit)  # type: ignore[attr-defined]
     response.streaming_content = [body]  # type: ignore[attr-defined]
     return body
+
+
+def _drain(chunks: Iterable[bytes], limit: int) -> bytes:
+    read = _Read(limit)
+    for chunk in chunks:
+        read.add(chunk)
+    return read.body()
+
+
+async def _drain_async(chunks: AsyncIterable[bytes], limit: int) -> bytes:
+    read = _Read(limit)
+    async for chunk in chunks:
+        read.add(chunk)
+    return read.body()
+
+
+async def _replay_async(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+class _Read:
+    """A stream's chunks, refused past ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.chunks: list[bytes] = []
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise _RolledBack(problems.RESPONSE_TOO_LARGE.response())
+        self.chunks.append(bytes(chunk))
+
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 def replay(stored: StoredResponse) -> HttpResponse:

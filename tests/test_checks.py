@@ -238,12 +238,19 @@ def test_e010_session_headers():
     error = only_error({"REPLAY_HEADERS": ["Vary", "ETag", "Set-Cookie"]})
     assert error.id == "idempotency.E010"
     assert error.msg == (
-        "IDEMPOTENCY['REPLAY_HEADERS'] names Set-Cookie, Vary, which belong to one client's "
-        "session and are never replayed."
+        "IDEMPOTENCY['REPLAY_HEADERS'] names Set-Cookie, Vary, which belong to one client or "
+        "one exchange and are never replayed."
+    )
+    assert error.hint == (
+        "Remove them: replaying them would hand one client's session or credentials to "
+        "another (Vary is set again on every response, the replay included)."
     )
 
 
-@pytest.mark.parametrize("name", ["set-cookie", "WWW-Authenticate", "X-CSRFToken"])
+@pytest.mark.parametrize(
+    "name",
+    ["set-cookie", "WWW-Authenticate", "X-CSRFToken", "Clear-Site-Data", "Proxy-Authenticate"],
+)
 def test_e010_any_spelling(name):
     assert ids({"REPLAY_HEADERS": ["ETag", name]}) == ["idempotency.E010"]
 
@@ -575,7 +582,20 @@ def test_durations_become_timedeltas(value, expected):
 def test_default_replay_headers():
     with override_settings(IDEMPOTENCY={}):
         assert (
-            frozenset({"content-type", "location", "etag", "link", "content-language"})
+            frozenset(
+                {
+                    "cache-control",
+                    "content-disposition",
+                    "content-encoding",
+                    "content-language",
+                    "content-location",
+                    "content-type",
+                    "etag",
+                    "last-modified",
+                    "link",
+                    "location",
+                }
+            )
             == settings.REPLAY_HEADERS
         )
 
@@ -583,10 +603,14 @@ def test_default_replay_headers():
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ([], {"content-type", "location"}),
-        (["ETag"], {"content-type", "location", "etag"}),
-        (["CONTENT-TYPE", "X-Total"], {"content-type", "location", "x-total"}),
-        (["Set-Cookie", "Vary", "ETag"], {"content-type", "location", "etag"}),
+        ([], {"content-type", "content-encoding", "location"}),
+        (["ETag"], {"content-type", "content-encoding", "location", "etag"}),
+        (["CONTENT-TYPE", "X-Total"], {"content-type", "content-encoding", "location", "x-total"}),
+        (["Set-Cookie", "Vary", "ETag"], {"content-type", "content-encoding", "location", "etag"}),
+        (
+            ["Clear-Site-Data", "WWW-Authenticate"],
+            {"content-type", "content-encoding", "location"},
+        ),
     ],
 )
 def test_replay_headers_keep_meaning_and_drop_session(value, expected):

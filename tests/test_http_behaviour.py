@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import uuid
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.test import override_settings
 from django.utils import timezone
 from model_bakery import baker
@@ -146,6 +148,41 @@ class TestRetry:
         assert "X-Trace" not in retry
         stored = {name.lower() for name, _ in IdempotencyKey.objects.get(key=key).headers}
         assert stored == {"content-type", "location", "etag"}
+
+    def test_a_download_keeps_its_name_and_representation_headers(self, client):
+        key = new_key()
+        first = post(client, key, url=f"{URL}?file=1")
+        assert first.status_code == 201
+        body = b"".join(first.streaming_content)
+        retry = post(client, key, url=f"{URL}?file=1")
+        assert retry["Idempotent-Replayed"] == "true"
+        assert retry.content == body == b"id,amount\n1,100\n"
+        for name in (
+            "Content-Disposition",
+            "Content-Type",
+            "Last-Modified",
+            "Cache-Control",
+            "Content-Location",
+        ):
+            assert retry[name] == first[name], name
+        assert retry["Content-Disposition"] == 'attachment; filename="report.csv"'
+
+    @override_settings(IDEMPOTENCY={"REPLAY_HEADERS": []})
+    def test_a_body_stored_encoded_is_replayed_with_its_encoding(self, client):
+        key = new_key()
+        first = post(client, key, url=f"{URL}?gzip=1")
+        retry = post(client, key, url=f"{URL}?gzip=1")
+        assert retry.content == first.content
+        assert retry["Content-Encoding"] == "gzip"
+        assert gzip.decompress(retry.content) == b'{"ok": true}'
+
+    def test_vary_is_not_stored_but_set_again_on_the_replay(self, client):
+        key = new_key()
+        post(client, key, url=f"{URL}?gzip=1")
+        stored = {name.lower() for name, _ in IdempotencyKey.objects.get(key=key).headers}
+        assert "vary" not in stored
+        # DRF sets Vary: Accept on every response it finalizes, replays too.
+        assert "Accept" in post(client, key, url=f"{URL}?gzip=1")["Vary"]
 
     @override_settings(IDEMPOTENCY={"REPLAY_HEADERS": ["X-Trace"]})
     def test_replay_headers_setting_extends_the_allow_list(self, client):
@@ -410,14 +447,32 @@ class TestHandlerFailure:
         assert Execution.objects.count() == 1
 
 
+def streamed(response) -> bytes:
+    """A streamed body, read as a server would: asynchronously if the
+    handler's iterator is asynchronous."""
+    if response.is_async:
+
+        async def read() -> bytes:
+            return b"".join([chunk async for chunk in response.streaming_content])
+
+        return async_to_sync(read)()
+    return b"".join(response.streaming_content)
+
+
+# Handlers that stream from a synchronous and from an asynchronous iterator.
+STREAMS = ["stream=2500", "stream=2500&async=1"]
+
+
 class TestLargeAndStreamingResponses:
-    def test_a_stream_is_stored_and_replayed(self, client):
+    @pytest.mark.parametrize("query", STREAMS)
+    def test_a_stream_is_stored_and_replayed(self, client, query):
         key = new_key()
-        first = post(client, key, url=URL + "?stream=2500")
+        first = post(client, key, url=f"{URL}?{query}")
         assert first.status_code == 200
         assert first.streaming  # still streamed to the first client
-        assert b"".join(first.streaming_content) == b"x" * 2500
-        retry = post(client, key, url=URL + "?stream=2500")
+        assert first.is_async == ("async" in query)  # and as the handler made it
+        assert streamed(first) == b"x" * 2500
+        retry = post(client, key, url=f"{URL}?{query}")
         assert retry.content == b"x" * 2500
         assert retry["Content-Type"] == "text/plain"
         assert retry["Idempotent-Replayed"] == "true"
@@ -429,7 +484,7 @@ class TestLargeAndStreamingResponses:
         assert b"".join(response.streaming_content) == b"x" * 2500
         assert not Execution.objects.exists()
 
-    @pytest.mark.parametrize("query", ["stream=2500", "size=2001"])
+    @pytest.mark.parametrize("query", [*STREAMS, "size=2001"])
     @override_settings(IDEMPOTENCY={"MAX_RESPONSE_BYTES": 2000})
     def test_a_response_over_the_limit_fails_and_rolls_back(self, client, query):
         assert_problem(post(client, new_key(), url=f"{URL}?{query}"), TOO_LARGE)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import itertools
 import json
 import threading
@@ -10,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import IntegrityError, connections, transaction
-from django.http import HttpResponse, QueryDict, StreamingHttpResponse
+from django.http import FileResponse, HttpResponse, QueryDict, StreamingHttpResponse
 from django.utils import timezone
 from rest_framework import generics, serializers, status, viewsets
 from rest_framework.authentication import BaseAuthentication
@@ -102,9 +104,32 @@ def respond(request, label: str, run: int) -> HttpResponse:
                     Execution.objects.create(label="while-streaming")
                 yield b"x" * min(1000, size - start)
 
-        response: HttpResponse = StreamingHttpResponse(chunks(), content_type="text/plain")
+        async def async_chunks():
+            # Server-sent events and streamed exports come this way.
+            for start in range(0, size, 1000):
+                yield b"x" * min(1000, size - start)
+
+        content = async_chunks() if params.get("async") else chunks()
+        response: HttpResponse = StreamingHttpResponse(content, content_type="text/plain")
         response.status_code = int(params.get("status", 200))
         return response
+    if "file" in params:
+        # A download: its name, age and caching describe the representation.
+        response = FileResponse(
+            io.BytesIO(b"id,amount\n1,100\n"), as_attachment=True, filename="report.csv"
+        )
+        response["Last-Modified"] = "Tue, 01 Dec 2026 10:00:00 GMT"
+        response["Cache-Control"] = "private, max-age=60"
+        response["Content-Location"] = "/reports/1.csv"
+        response.status_code = 201
+        return response
+    if "gzip" in params:
+        # A body the handler encoded itself: stored encoded.
+        return HttpResponse(
+            gzip.compress(b'{"ok": true}', mtime=0),
+            content_type="application/json",
+            headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
+        )
     if "size" in params:
         return HttpResponse(b"y" * int(params["size"]), content_type="application/octet-stream")
     code = int(params.get("status", status.HTTP_201_CREATED))
