@@ -236,15 +236,36 @@ def _protect_in_redis(
             exc_info=True,
         )
         return response
-    if not kept:
-        logger.error(
-            "%s %s outlived its lease (LOCK_TIMEOUT) and another request took its key over: "
-            "the handler ran twice, and this response is not stored. Raise LOCK_TIMEOUT above "
-            "the slowest handler of backend='redis' views.",
+    if kept is not redis.Completion.STORED:
+        level, what = LATE_COMPLETIONS[kept]
+        logger.log(
+            level,
+            "%s %s outlived its lease (LOCK_TIMEOUT) %s. Raise LOCK_TIMEOUT above the slowest "
+            "handler of backend='redis' views.",
             request.method,
             request.path,
+            what,
         )
     return response
+
+
+# What a Redis-store request that outlived its lease logs, by what it found.
+LATE_COMPLETIONS = {
+    redis.Completion.STORED_LATE: (
+        logging.WARNING,
+        "but no other request claimed its key meanwhile, so its response was stored",
+    ),
+    redis.Completion.TAKEN_OVER: (
+        logging.ERROR,
+        "and another request has claimed its key since: the handler may run twice, and this "
+        "response is not stored",
+    ),
+    redis.Completion.REDONE: (
+        logging.ERROR,
+        "and another request has run the handler again and stored its response since: the "
+        "handler ran twice, and this response is not stored",
+    ),
+}
 
 
 def _release(store: redis.RedisStore, claim: Claim, request: Request) -> None:

@@ -22,6 +22,7 @@ from rest_framework.test import APIClient
 
 from idempotency.backends import redis as redis_backend
 from idempotency.backends.base import Claim, Outcome, RequestInfo, StoredResponse
+from idempotency.backends.redis import Completion
 from tests.concurrency import Threads, assert_one_original, tally
 from tests.redis_proxy import RedisProxy, caches_with, other_database
 from tests.testapp.views import OUTSIDE_RUNS
@@ -346,7 +347,81 @@ def test_lease_expiry_lets_a_retry_take_over_and_the_late_worker_stores_nothing(
     assert replay["Idempotent-Replayed"] == "true"
     assert replay.content == takeover.content
     assert runs(key) == 2
-    assert "outlived its lease" in caplog.text
+    assert late_log(caplog) == [
+        (
+            "ERROR",
+            f"POST {URL} outlived its lease (LOCK_TIMEOUT) and another request has run the "
+            "handler again and stored its response since: the handler ran twice, and this "
+            "response is not stored. Raise LOCK_TIMEOUT above the slowest handler of "
+            "backend='redis' views.",
+        )
+    ]
+
+
+def late_log(caplog) -> list[tuple[str, str]]:
+    return [
+        (record.levelname, record.getMessage())
+        for record in caplog.records
+        if "outlived its lease" in record.getMessage()
+    ]
+
+
+def test_a_late_worker_whose_key_nobody_took_still_stores_its_response(
+    user, redis_db, gate, caplog
+):
+    name, held = gate
+    key = new_key()
+    with override_settings(IDEMPOTENCY={**REDIS, "LOCK_TIMEOUT": 0.3}):
+        late = Threads([lambda: send(user, key, gate=name)])
+        assert held.entered.wait(timeout=10)
+        time.sleep(0.4)  # the lease runs out, and no retry comes
+        held.release.set()
+        (first,) = late.join()
+        replay = send(user, key)
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
+    assert runs(key) == 1
+    assert late_log(caplog) == [
+        (
+            "WARNING",
+            f"POST {URL} outlived its lease (LOCK_TIMEOUT) but no other request claimed its key "
+            "meanwhile, so its response was stored. Raise LOCK_TIMEOUT above the slowest "
+            "handler of backend='redis' views.",
+        )
+    ]
+
+
+def test_a_late_worker_whose_key_another_holds_stores_nothing(user, redis_db, gate, caplog):
+    name, held = gate
+    key = new_key()
+    with override_settings(IDEMPOTENCY={**REDIS, "LOCK_TIMEOUT": 0.3}):
+        late = Threads([lambda: send(user, key, gate=name)])
+        assert held.entered.wait(timeout=10)
+        time.sleep(0.4)
+    from tests.testapp import views
+
+    second_name = new_key()
+    views.GATES[second_name] = second = views.Gate()
+    try:
+        owner = Threads([lambda: send(user, key, gate=second_name)])
+        assert second.entered.wait(timeout=10)
+        held.release.set()
+        late.join()
+        assert send(user, key).status_code == 409  # still the new owner's
+        second.release.set()
+        (owned,) = owner.join()
+    finally:
+        second.release.set()
+        del views.GATES[second_name]
+    assert send(user, key).content == owned.content
+    assert late_log(caplog) == [
+        (
+            "ERROR",
+            f"POST {URL} outlived its lease (LOCK_TIMEOUT) and another request has claimed its "
+            "key since: the handler may run twice, and this response is not stored. Raise "
+            "LOCK_TIMEOUT above the slowest handler of backend='redis' views.",
+        )
+    ]
 
 
 def test_a_late_worker_that_fails_leaves_the_new_owners_claim(user, redis_db, gate):
@@ -393,11 +468,13 @@ def test_compare_and_set_scripts_check_the_owner(redis_db):
     second = store.claim(info, timedelta(seconds=30))
     assert second.outcome is Outcome.CLAIMED
     response = StoredResponse(201, [("Content-Type", "text/plain")], b"late")
-    assert store.complete(first, response, timedelta(hours=1)) is False
+    assert store.complete(first, response, timedelta(hours=1)) is Completion.TAKEN_OVER
     assert store.release(first) is False
     # The second owner's claim is intact, and only its owner completes it.
     assert store.claim(info, timedelta(seconds=30)).outcome is Outcome.IN_FLIGHT
-    assert store.complete(second, StoredResponse(201, [], b"mine"), timedelta(hours=1)) is True
+    mine = StoredResponse(201, [], b"mine")
+    assert store.complete(second, mine, timedelta(hours=1)) is Completion.STORED
+    assert store.complete(first, response, timedelta(hours=1)) is Completion.REDONE
     replay = store.claim(info, timedelta(seconds=30))
     assert replay.outcome is Outcome.COMPLETED
     assert replay.response == StoredResponse(201, [], b"mine")
@@ -409,6 +486,9 @@ def test_compare_and_set_scripts_check_the_owner(redis_db):
     assert store.release(Claim(Outcome.CLAIMED, token=stale)) is False
     assert store.release(claim) is True
     assert store.claim(other, timedelta(seconds=30)).outcome is Outcome.CLAIMED
+    # Something this package did not write holds the key: not ours either.
+    store.redis.set(claim.token.key, b"not a record")
+    assert store.complete(claim, response, timedelta(hours=1)) is Completion.TAKEN_OVER
 
 
 def test_body_bytes_survive_the_record_format(redis_db):
@@ -417,7 +497,7 @@ def test_body_bytes_survive_the_record_format(redis_db):
     store = redis_backend.RedisStore("idempotency")
     info = info_for(new_key())
     claim = store.claim(info, timedelta(seconds=30))
-    assert store.complete(claim, response, timedelta(hours=1))
+    assert store.complete(claim, response, timedelta(hours=1)) is Completion.STORED
     assert store.claim(info, timedelta(seconds=30)).response == response
 
 

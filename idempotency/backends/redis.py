@@ -20,6 +20,7 @@ not have seen a claim yet.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import secrets
@@ -45,12 +46,18 @@ return redis.call('GET', KEYS[1])
 """
 # Only the owner of a claim may replace or remove it: a worker whose lease
 # expired must not touch the record of the worker that took the key over.
+# If nobody did, the key is free and the late response is stored all the
+# same, so that retries replay it instead of running the handler again.
+# Returns 1 (stored), 2 (stored after the lease ran out) or what holds the
+# key now.
 COMPLETE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] or not current then
     redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-    return 1
+    if current then return 1 end
+    return 2
 end
-return 0
+return current
 """
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -192,6 +199,19 @@ class Entry:
         return Claim(Outcome.COMPLETED, fingerprint=self.fingerprint, response=self.response)
 
 
+class Completion(enum.Enum):
+    """What became of a Redis-store response once the handler returned."""
+
+    STORED = "stored"
+    # The lease ran out while the handler ran, but no other request had
+    # claimed the key: the response is stored all the same.
+    STORED_LATE = "stored late"
+    # Another request holds the key now: it may be running the handler again.
+    TAKEN_OVER = "taken over"
+    # Another request ran the handler again and stored its response.
+    REDONE = "redone"
+
+
 class RedisStore:
     """Records of ``backend="redis"`` views, in Redis only.
 
@@ -217,12 +237,21 @@ class RedisStore:
         # A value this package cannot read: never run the handler over it.
         return found or Claim(Outcome.IN_FLIGHT)
 
-    def complete(self, claim: Claim, response: StoredResponse, ttl: timedelta) -> bool:
-        """Store the response if the claim is still ours; ``False`` if the
-        lease ran out and another request owns the key now."""
+    def complete(self, claim: Claim, response: StoredResponse, ttl: timedelta) -> Completion:
+        """Store the response if the claim is still ours, or if its lease ran
+        out and nobody claimed the key since; otherwise say who has it."""
         mine: Mine = claim.token
         value = encode(COMPLETED, mine.owner, mine.fingerprint, response)
-        return bool(self.redis.eval(COMPLETE, 1, mine.key, mine.value, value, milliseconds(ttl)))
+        found = self.redis.eval(COMPLETE, 1, mine.key, mine.value, value, milliseconds(ttl))
+        if found == 1:
+            return Completion.STORED
+        if found == 2:
+            return Completion.STORED_LATE
+        try:
+            taken = Entry.decode(found).state == COMPLETED
+        except (ValueError, KeyError, TypeError):
+            taken = False  # not a record this package wrote
+        return Completion.REDONE if taken else Completion.TAKEN_OVER
 
     def release(self, claim: Claim) -> bool:
         """Free the key for a corrected retry, if the claim is still ours."""
