@@ -82,25 +82,39 @@ class Accelerator:
             self._fall_back("unmark", exc)
 
     def remember(
-        self, info: RequestInfo, fingerprint: str, response: StoredResponse, expires_at: datetime
+        self,
+        info: RequestInfo,
+        record_id: int,
+        fingerprint: str,
+        response: StoredResponse,
+        expires_at: datetime,
     ) -> None:
         """Keep a committed record until the database's copy expires (a
-        record already past it is kept for a millisecond)."""
+        record already past it is kept for a millisecond), unless it has
+        been deleted since it was read."""
         if self.failed:
             return
-        left = expires_at - timezone.now()
-        value = redis.encode(redis.COMPLETED, "", fingerprint, response)
-        try:
-            self.redis.set(self._key(info), value, px=redis.milliseconds(left))
-        except self.errors as exc:
-            self._fall_back("copy", exc)
+        value = redis.encode(redis.COMPLETED, "", fingerprint, response, record=record_id)
+        self._put(self._key(info), value, record_id, expires_at, "copy")
 
-    def forget(self, scope: str, key: str) -> None:
-        """Drop the copy of a record deleted from the database."""
+    def forget(self, scope: str, key: str, record_id: int, expires_at: datetime) -> None:
+        """Replace the copy of a record deleted from the database by a
+        tombstone that lives as long as any copy of it could: a request that
+        read the record before its deletion committed cannot put its copy
+        back after it."""
+        value = redis.encode(redis.DELETED, "", "", record=record_id)
+        key_name = redis.record_key(self.namespace, scope, key)
+        self._put(key_name, value, record_id, expires_at, "forget")
+
+    def _put(
+        self, key: str, value: bytes, record_id: int, expires_at: datetime, step: str
+    ) -> None:
+        left = redis.milliseconds(expires_at - timezone.now())
+        kind = redis.DELETED if step == "forget" else redis.COMPLETED
         try:
-            self.redis.delete(redis.record_key(self.namespace, scope, key))
+            self.redis.eval(redis.PUT, 1, key, value, left, str(record_id), kind)
         except self.errors as exc:
-            self._fall_back("forget", exc)
+            self._fall_back(step, exc)
 
     def forget_all(self) -> int:
         """Drop every copy and marker of this database; return how many."""
@@ -145,10 +159,22 @@ def for_database(database: str) -> Accelerator | None:
 def forget_deleted(sender: type, instance: Any, using: str, **kwargs: Any) -> None:
     """``post_delete`` of a record (the admin, a shell; the purge deletes
     only expired records, whose copies have expired too): a key freed by
-    hand must not go on being replayed from Redis."""
-    accelerator = for_database(using)
-    if accelerator is not None:
-        accelerator.forget(instance.scope, instance.key)
+    hand must not go on being replayed from Redis. Once the deletion has
+    committed: until then, the database still replays the record, and a
+    retry may copy it again."""
+    scope, key, record_id, expires_at = (
+        instance.scope,
+        instance.key,
+        instance.pk,
+        instance.expires_at,
+    )
+
+    def forget() -> None:
+        accelerator = for_database(using)
+        if accelerator is not None:
+            accelerator.forget(scope, key, record_id, expires_at)
+
+    transaction.on_commit(forget, using=using, robust=True)
 
 
 def forget_database(sender: Any, using: str, **kwargs: Any) -> None:
@@ -205,19 +231,21 @@ class Flight:
         self.database = database
         self.marker = marker
 
-    def succeed(self, response: StoredResponse, expires_at: datetime) -> None:
+    def succeed(self, claim: Claim, response: StoredResponse, expires_at: datetime) -> None:
         """The response is stored in the claim's transaction."""
-        self._copy_on_commit(self.info.fingerprint, response, expires_at)
+        assert claim.record_id is not None
+        self._copy_on_commit(claim.record_id, self.info.fingerprint, response, expires_at)
 
     def replayed(self, claim: Claim) -> None:
         """The database answered from a record Redis had no copy of (it was
         flushed, restarted or evicted one): put the copy back."""
         assert claim.response is not None
         assert claim.expires_at is not None
-        self._copy_on_commit(claim.fingerprint, claim.response, claim.expires_at)
+        assert claim.record_id is not None
+        self._copy_on_commit(claim.record_id, claim.fingerprint, claim.response, claim.expires_at)
 
     def _copy_on_commit(
-        self, fingerprint: str, response: StoredResponse, expires_at: datetime
+        self, record_id: int, fingerprint: str, response: StoredResponse, expires_at: datetime
     ) -> None:
         # Only once (and if) the record is known to be committed: an outer
         # transaction (ATOMIC_REQUESTS, a test case) may still roll it back.
@@ -227,7 +255,7 @@ class Flight:
 
         def copy() -> None:
             self.marker = None  # the copy replaces it
-            accelerator.remember(self.info, fingerprint, response, expires_at)
+            accelerator.remember(self.info, record_id, fingerprint, response, expires_at)
 
         transaction.on_commit(copy, using=self.database, robust=True)
 

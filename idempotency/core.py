@@ -175,7 +175,7 @@ def _execute(
     expires_at = store.complete(claim, stored, options.get_ttl())
     if expires_at is None:
         raise _RolledBack(problems.IN_FLIGHT.response())
-    flight.succeed(stored, expires_at)
+    flight.succeed(claim, stored, expires_at)
     return response
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.conf import settings as django_settings
@@ -22,8 +23,9 @@ from django.utils import timezone
 from django_redis import get_redis_connection
 
 from idempotency import accelerator
+from idempotency.backends.base import RequestInfo, StoredResponse
 from idempotency.models import IdempotencyKey
-from tests.concurrency import Threads, assert_one_original, send, tally
+from tests.concurrency import Threads, assert_one_original, in_another_thread, send, tally
 from tests.redis_proxy import RedisProxy, caches_with, other_database
 from tests.testapp.models import Execution
 
@@ -321,15 +323,93 @@ def test_a_copy_put_back_waits_for_the_commit_too(user, redis_db):
     assert len(copies(redis_db)) == 1
 
 
+def states(connection) -> list[str]:
+    """What the accelerator keeps under its keys: copies (completed),
+    markers (in_flight) and tombstones (deleted)."""
+    return sorted(
+        json.loads(connection.get(name).partition(b"\n")[0])["state"]
+        for name in copies(connection)
+    )
+
+
 def test_a_record_deleted_by_hand_is_replayed_no_more(user, redis_db):
     key = new_key()
     first = send(user, key)
     IdempotencyKey.objects.get(key=key).delete()  # as from the admin
-    assert copies(redis_db) == []
+    assert states(redis_db) == ["deleted"]
     again = send(user, key)
     assert "Idempotent-Replayed" not in again
     assert again.content != first.content
     assert executions(key) == 2
+    # The new record's copy replaces the tombstone.
+    assert states(redis_db) == ["completed"]
+    assert send(user, key).content == again.content
+
+
+def test_a_deletion_drops_the_copy_when_it_commits(user, redis_db):
+    key = new_key()
+    send(user, key)
+    with transaction.atomic():
+        IdempotencyKey.objects.get(key=key).delete()
+        # Until the deletion commits, the record is still there for others
+        # (a retry on another connection replays it), and so is its copy.
+        in_another_thread(lambda: send(user, key))
+        assert states(redis_db) == ["completed"]
+    assert states(redis_db) == ["deleted"]
+    again = send(user, key)
+    assert "Idempotent-Replayed" not in again
+    assert executions(key) == 2
+
+
+def test_a_deletion_that_rolls_back_keeps_the_copy(user, redis_db):
+    key = new_key()
+    send(user, key)
+    with transaction.atomic():
+        IdempotencyKey.objects.get(key=key).delete()
+        transaction.set_rollback(True)
+    assert states(redis_db) == ["completed"]
+    with Queries() as queries:
+        assert send(user, key)["Idempotent-Replayed"] == "true"
+    assert len(queries) == 0
+
+
+@pytest.mark.vendor("postgresql")  # elsewhere the replay's read locks the row
+def test_a_copy_read_before_a_deletion_is_not_put_back_after_it(user, redis_db):
+    key = new_key()
+    send(user, key)
+    redis_db.flushdb()  # the retry must read the record from the database
+    with transaction.atomic():
+        replay = send(user, key)  # read now, copied when this commits
+        assert replay["Idempotent-Replayed"] == "true"
+        in_another_thread(lambda: IdempotencyKey.objects.filter(key=key).delete())
+    assert states(redis_db) == ["deleted"]
+    again = send(user, key)
+    assert "Idempotent-Replayed" not in again
+    assert executions(key) == 2
+
+
+def test_copies_and_tombstones_never_replace_a_newer_records(user, redis_db):
+    accelerated = accelerator.for_database("default")
+    info = RequestInfo("scope", new_key(), "f" * 64, "POST", "/", timezone.now())
+    later = timezone.now() + timedelta(minutes=5)
+
+    def remember(record_id: int, body: bytes) -> None:
+        response = StoredResponse(201, [], body)
+        accelerated.remember(info, record_id, info.fingerprint, response, later)
+
+    remember(7, b"seven")
+    accelerated.forget(info.scope, info.key, 7, later)
+    remember(7, b"seven, read before its deletion")
+    assert states(redis_db) == ["deleted"]
+    remember(8, b"eight")  # a new record for the key
+    accelerated.forget(info.scope, info.key, 7, later)  # late news of the old one
+    remember(7, b"seven, read before its deletion")
+    (name,) = copies(redis_db)
+    assert redis_db.get(name).endswith(b"\neight")
+    # Ids beyond 2**53, which Lua's numbers cannot tell apart, compare right.
+    remember(2**62 + 1, b"big")
+    remember(2**62, b"smaller")
+    assert redis_db.get(name).endswith(b"\nbig")
 
 
 def test_copies_never_cross_users(user, other_user, redis_db):

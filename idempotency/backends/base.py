@@ -31,6 +31,9 @@ class Claim:
     # Whatever the store needs to prove, when it saves the response, that
     # this request still owns the record it claimed.
     token: Any = field(default=None, repr=False)
+    # The database store's id of the record claimed or found: copies of a
+    # record in Redis carry it, so that none outlives the record's deletion.
+    record_id: int | None = None
 
 
 @dataclass(frozen=True)

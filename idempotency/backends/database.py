@@ -204,7 +204,7 @@ class DatabaseStore:
         ]
         attempt = self.dialect.insert(self, params, info, lock_timeout)
         if attempt.result == CLAIMED:
-            return Claim(Outcome.CLAIMED, token=(attempt.pk, info.now))
+            return Claim(Outcome.CLAIMED, token=(attempt.pk, info.now), record_id=attempt.pk)
         if attempt.result == BUSY:
             return Claim(Outcome.IN_FLIGHT)
         record = attempt.record
@@ -225,7 +225,7 @@ class DatabaseStore:
             # lock and may be renewing this expired record.
             return Claim(Outcome.IN_FLIGHT)
         if self.dialect.take_over(self, record.pk, params, info).result == CLAIMED:
-            return Claim(Outcome.CLAIMED, token=(record.pk, info.now))
+            return Claim(Outcome.CLAIMED, token=(record.pk, info.now), record_id=record.pk)
         # Taken over, renewed or purged since we read it: in flight, or free
         # again for the client's retry.
         return Claim(Outcome.IN_FLIGHT)
@@ -330,6 +330,7 @@ def _completed(record: Record) -> Claim:
             body=record.body or b"",
         ),
         expires_at=record.expires_at,
+        record_id=record.pk,
     )
 
 

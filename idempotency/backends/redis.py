@@ -35,6 +35,9 @@ from .base import Claim, Outcome, RequestInfo, StoredResponse
 
 IN_FLIGHT = "in_flight"
 COMPLETED = "completed"
+# The accelerator's mark of a record deleted from the database: no copy of
+# it may be written until the record would have expired.
+DELETED = "deleted"
 
 # Redis's SET NX is the claim; the script only saves the round trip that a
 # duplicate would otherwise spend reading what is in its way.
@@ -58,6 +61,33 @@ if current == ARGV[1] or not current then
     return 2
 end
 return current
+"""
+# The accelerator's writes: a copy of a committed record, or a tombstone
+# for a deleted one, each naming its record's id (ARGV[3]; ids only grow).
+# A write never replaces what names a newer record, and a copy never
+# replaces its own record's tombstone: a retry that read a record just
+# before it was deleted must not put its copy back after the deletion.
+# Ids are compared as decimal strings, since Lua's numbers lose 64-bit ones.
+PUT = """
+local current = redis.call('GET', KEYS[1])
+if current then
+    local newline = string.find(current, '\\n', 1, true)
+    local ok, header = false, nil
+    if newline then
+        ok, header = pcall(cjson.decode, string.sub(current, 1, newline - 1))
+    end
+    if ok and type(header) == 'table' and header.record then
+        local held, mine = tostring(header.record), ARGV[3]
+        if #held > #mine or (#held == #mine and held > mine) then
+            return 0
+        end
+        if held == mine and header.state == 'deleted' and ARGV[4] ~= 'deleted' then
+            return 0
+        end
+    end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -128,9 +158,15 @@ def milliseconds(duration: timedelta) -> int:
 
 
 def encode(
-    state: str, owner: str, fingerprint: str, response: StoredResponse | None = None
+    state: str,
+    owner: str,
+    fingerprint: str,
+    response: StoredResponse | None = None,
+    record: int | None = None,
 ) -> bytes:
     header: dict[str, Any] = {"state": state, "owner": owner, "fingerprint": fingerprint}
+    if record is not None:
+        header["record"] = str(record)
     if response is not None:
         header["status"] = response.status
         header["headers"] = [list(pair) for pair in response.headers]
