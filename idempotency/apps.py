@@ -12,7 +12,13 @@ class IdempotencyConfig(AppConfig):
         from django.db.models.signals import post_delete, post_migrate
 
         from .accelerator import forget_database, forget_deleted
-        from .checks import check_database, check_redis, check_settings, check_view_options
+        from .checks import (
+            check_database,
+            check_redis,
+            check_settings,
+            check_sqlite_transactions,
+            check_view_options,
+        )
         from .models import IdempotencyKey
 
         # Copies in Redis must not outlive their records (accelerator.py).
@@ -21,5 +27,6 @@ class IdempotencyConfig(AppConfig):
 
         checks.register(check_settings)
         checks.register(check_view_options)
+        checks.register(check_sqlite_transactions)
         checks.register(check_redis, checks.Tags.caches)
         checks.register(check_database, checks.Tags.database)

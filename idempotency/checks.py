@@ -18,7 +18,7 @@ from django.urls import get_resolver
 from django.utils.module_loading import import_string
 
 from .backends import redis
-from .backends.database import UnsupportedDatabase, dialect_for
+from .backends.database import MARIADB, UnsupportedDatabase, dialect_for, max_allowed_packet
 from .conf import (
     BACKENDS,
     DEFAULTS,
@@ -185,8 +185,9 @@ def check_database(
     alias = settings.DATABASE
     if not databases or alias not in databases or alias not in django_settings.DATABASES:
         return []
+    connection = connections[alias]
     try:
-        dialect_for(connections[alias])
+        dialect = dialect_for(connection)
     except UnsupportedDatabase as exc:
         return [
             checks.Error(
@@ -195,7 +196,77 @@ def check_database(
                 id="idempotency.E014",
             )
         ]
+    if dialect is MARIADB:
+        return _packet_fits(alias, max_allowed_packet(connection))
     return []
+
+
+# What a statement storing a response needs besides its body.
+STATEMENT_OVERHEAD = 64 * 1024
+
+
+def _packet_fits(alias: str, packet: int) -> list[checks.CheckMessage]:
+    """MariaDB refuses a statement larger than ``max_allowed_packet``; the
+    body is sent escaped, which may take up to twice its size."""
+    largest = settings.MAX_RESPONSE_BYTES
+    if 2 * largest + STATEMENT_OVERHEAD <= packet:
+        return []
+    message = (
+        f"IDEMPOTENCY['MAX_RESPONSE_BYTES'] is {largest}, but the {alias!r} database accepts "
+        f"statements of at most {packet} bytes (max_allowed_packet)"
+    )
+    hint = (
+        f"Lower MAX_RESPONSE_BYTES to at most {(packet - STATEMENT_OVERHEAD) // 2}, or raise "
+        f"max_allowed_packet on the server to at least {2 * largest + STATEMENT_OVERHEAD}."
+    )
+    if largest + STATEMENT_OVERHEAD > packet:
+        return [
+            checks.Error(
+                f"{message}: a response that large could never be stored.",
+                hint=hint,
+                id="idempotency.E026",
+            )
+        ]
+    return [
+        checks.Warning(
+            f"{message}, and a body may take up to twice its size once escaped: some responses "
+            "under that limit could not be stored, and would fail like one over it.",
+            hint=hint,
+            id="idempotency.W003",
+        )
+    ]
+
+
+def check_sqlite_transactions(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """SQLite with ATOMIC_REQUESTS needs transactions that take the write lock
+    as they begin: otherwise each request's transaction starts by reading
+    (authentication), and SQLite refuses at once to let it write while
+    another request writes, whatever its busy timeout."""
+    alias = settings.DATABASE
+    return _sqlite_transactions(alias, django_settings.DATABASES.get(alias, {}))
+
+
+def _sqlite_transactions(alias: str, database: dict[str, Any]) -> list[checks.CheckMessage]:
+    if (
+        database.get("ENGINE") != "django.db.backends.sqlite3"
+        or not database.get("ATOMIC_REQUESTS")
+        or str(database.get("OPTIONS", {}).get("transaction_mode", "")).upper()
+        in ("IMMEDIATE", "EXCLUSIVE")
+    ):
+        return []
+    return [
+        checks.Warning(
+            f"The {alias!r} database is SQLite with ATOMIC_REQUESTS, and its transactions begin "
+            "without the write lock: concurrent protected requests would get 409 instead of "
+            "waiting their turn, even with different keys.",
+            hint='Add "OPTIONS": {"transaction_mode": "IMMEDIATE"} to that database: each '
+            "request's transaction then waits for the write lock (up to the connection's "
+            "timeout) as it begins.",
+            id="idempotency.W004",
+        )
+    ]
 
 
 def _redis(value: Any) -> list[checks.CheckMessage]:

@@ -23,7 +23,7 @@ from rest_framework.request import Request
 from . import accelerator as accelerators
 from . import problems
 from .backends import redis
-from .backends.base import Claim, Outcome, RequestInfo, StoredResponse
+from .backends.base import Claim, Outcome, RequestInfo, ResponseTooLarge, StoredResponse
 from .backends.database import DatabaseStore
 from .conf import settings
 from .keys import InvalidKey, is_missing, normalise_scope, parse_key
@@ -172,7 +172,10 @@ def _execute(
         # Transient outcomes: undo the effects and leave the key free.
         transaction.set_rollback(True, using=store.alias)
         return response
-    expires_at = store.complete(claim, stored, options.get_ttl())
+    try:
+        expires_at = store.complete(claim, stored, options.get_ttl())
+    except ResponseTooLarge:
+        raise _RolledBack(problems.RESPONSE_TOO_LARGE.response()) from None
     if expires_at is None:
         raise _RolledBack(problems.IN_FLIGHT.response())
     flight.succeed(claim, stored, expires_at)

@@ -15,7 +15,13 @@ from django.test import override_settings
 from django_redis.client import DefaultClient
 
 from idempotency import checks as checks_module
-from idempotency.checks import check_database, check_redis, check_settings, check_view_options
+from idempotency.checks import (
+    check_database,
+    check_redis,
+    check_settings,
+    check_sqlite_transactions,
+    check_view_options,
+)
 from idempotency.conf import DeferredPath, settings
 from idempotency.keys import default_scope
 
@@ -309,6 +315,98 @@ def test_e014_runs_with_migrate_style_checks(monkeypatch):
     monkeypatch.setattr(connections["default"], "vendor", "microsoft")
     with pytest.raises(SystemCheckError, match=r"idempotency\.E014"):
         call_command("check", databases=["default"])
+
+
+# E026 and W003: MariaDB's max_allowed_packet against MAX_RESPONSE_BYTES.
+SIXTEEN_MIB = 16 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("largest", "expected"),
+    [
+        (SIXTEEN_MIB // 2 - 32 * 1024, []),
+        (SIXTEEN_MIB // 2, ["idempotency.W003"]),
+        (SIXTEEN_MIB - 64 * 1024, ["idempotency.W003"]),
+        (SIXTEEN_MIB, ["idempotency.E026"]),
+    ],
+)
+def test_e026_w003_the_largest_response_against_the_packet(largest, expected):
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_BYTES": largest}):
+        assert [message.id for message in checks_module._packet_fits("default", SIXTEEN_MIB)] == (
+            expected
+        )
+
+
+def test_e026_says_what_to_change():
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_BYTES": 32 * 1024 * 1024}):
+        (error,) = checks_module._packet_fits("default", SIXTEEN_MIB)
+    assert error.msg == (
+        "IDEMPOTENCY['MAX_RESPONSE_BYTES'] is 33554432, but the 'default' database accepts "
+        "statements of at most 16777216 bytes (max_allowed_packet): a response that large "
+        "could never be stored."
+    )
+    assert error.hint == (
+        "Lower MAX_RESPONSE_BYTES to at most 8355840, or raise max_allowed_packet on the "
+        "server to at least 67174400."
+    )
+
+
+@pytest.mark.vendor("mysql")
+@pytest.mark.django_db
+def test_e026_reads_the_servers_packet():
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT @@max_allowed_packet")
+        packet = cursor.fetchone()[0]
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_BYTES": packet}):
+        assert [error.id for error in check_database(databases=["default"])] == [
+            "idempotency.E026"
+        ]
+    assert check_database(databases=["default"]) == []
+
+
+# W004: SQLite under ATOMIC_REQUESTS without IMMEDIATE transactions.
+
+
+def sqlite(**settings_dict):
+    return {"ENGINE": "django.db.backends.sqlite3", "NAME": "x", **settings_dict}
+
+
+@pytest.mark.parametrize(
+    ("database", "expected"),
+    [
+        (sqlite(), []),
+        (sqlite(ATOMIC_REQUESTS=True), ["idempotency.W004"]),
+        (
+            sqlite(ATOMIC_REQUESTS=True, OPTIONS={"transaction_mode": "DEFERRED"}),
+            ["idempotency.W004"],
+        ),
+        (sqlite(ATOMIC_REQUESTS=True, OPTIONS={"transaction_mode": "IMMEDIATE"}), []),
+        (sqlite(ATOMIC_REQUESTS=True, OPTIONS={"transaction_mode": "exclusive"}), []),
+        ({"ENGINE": "django.db.backends.postgresql", "ATOMIC_REQUESTS": True}, []),
+    ],
+)
+def test_w004_sqlite_under_atomic_requests(database, expected):
+    messages = checks_module._sqlite_transactions("default", database)
+    assert [message.id for message in messages] == expected
+
+
+def test_w004_says_what_to_change():
+    (warning,) = checks_module._sqlite_transactions("default", sqlite(ATOMIC_REQUESTS=True))
+    assert warning.msg == (
+        "The 'default' database is SQLite with ATOMIC_REQUESTS, and its transactions begin "
+        "without the write lock: concurrent protected requests would get 409 instead of "
+        "waiting their turn, even with different keys."
+    )
+    assert warning.hint == (
+        'Add "OPTIONS": {"transaction_mode": "IMMEDIATE"} to that database: each request\'s '
+        "transaction then waits for the write lock (up to the connection's timeout) as it "
+        "begins."
+    )
+
+
+def test_w004_reads_the_key_tables_database(atomic_requests):
+    expected = ["idempotency.W004"] if connections["default"].vendor == "sqlite" else []
+    assert [message.id for message in check_sqlite_transactions()] == expected
 
 
 def test_every_bad_value_is_reported():

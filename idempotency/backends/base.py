@@ -46,3 +46,9 @@ class RequestInfo:
     method: str
     path: str
     now: datetime
+
+
+class ResponseTooLarge(Exception):
+    """The store cannot hold this response (MariaDB's ``max_allowed_packet``
+    is below the statement that would store it): the request must take the
+    path of a response over ``MAX_RESPONSE_BYTES``."""

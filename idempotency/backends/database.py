@@ -53,7 +53,7 @@ from django.db.models import Field
 from django.utils import timezone
 
 from ..models import IdempotencyKey
-from .base import Claim, Outcome, RequestInfo, StoredResponse
+from .base import Claim, Outcome, RequestInfo, ResponseTooLarge, StoredResponse
 
 CLAIMED, BUSY, SHARED, EXISTS, GONE = "claimed", "busy", "shared", "exists", "gone"
 
@@ -253,6 +253,8 @@ class DatabaseStore:
             adapt(claimed_at),
             IN_FLIGHT,
         ]
+        if not self.dialect.fits(self.connection, self.sql.complete, params):
+            raise ResponseTooLarge
         with self.connection.cursor() as cursor:
             cursor.execute(self.sql.complete, params)
             return now + ttl if cursor.rowcount == 1 else None
@@ -355,6 +357,10 @@ class Dialect(abc.ABC):
         back only the failed statement)."""
         return False
 
+    def fits(self, connection: BaseDatabaseWrapper, sql: str, params: list[Any]) -> bool:
+        """Whether the server accepts ``sql`` with ``params`` as one statement."""
+        return True
+
     @abc.abstractmethod
     def insert(
         self, store: DatabaseStore, params: list[Any], info: RequestInfo, lock_timeout: timedelta
@@ -447,6 +453,28 @@ class MariaDBDialect(Dialect):
     # tries again while it is not, this many times in all.
     ATTEMPTS = 3
 
+    # The statement storing a response must fit in the server's
+    # max_allowed_packet: past it MariaDB drops the connection, and the
+    # request would roll back and answer 503 "retry" on every attempt. Any
+    # statement this small fits every server's default (1 MiB before 10.2.4,
+    # 16 MiB since); a larger one is measured against the session's limit,
+    # read once per connection.
+    SURELY_FITS = 1024 * 1024
+    # What mysqlclient escapes with a backslash inside a quoted literal.
+    ESCAPED = tuple(bytes([byte]) for byte in b"\x00\n\r\x1a'\"\\")
+
+    def fits(self, connection: BaseDatabaseWrapper, sql: str, params: list[Any]) -> bool:
+        size = len(sql) + sum(self._escaped_size(param) for param in params)
+        return size <= self.SURELY_FITS or size <= max_allowed_packet(connection)
+
+    def _escaped_size(self, value: Any) -> int:
+        if isinstance(value, str):
+            value = value.encode()
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            return len(str(value)) + 2
+        data = bytes(value)
+        return len(data) + sum(data.count(char) for char in self.ESCAPED) + 10
+
     def claim_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
         return self.NO_WAIT + sql.insert
 
@@ -523,6 +551,19 @@ class SQLiteDialect(Dialect):
             if not _sqlite_locked(exc):
                 raise
             return Attempt(BUSY)
+
+
+def max_allowed_packet(connection: BaseDatabaseWrapper) -> int:
+    """The largest statement MariaDB accepts on this connection, read once
+    per session (clients cannot change it for their own session)."""
+    raw = connection.connection
+    known = getattr(connection, "_idempotency_max_allowed_packet", None)
+    if raw is None or known is None or known[0] is not raw:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT @@max_allowed_packet")
+            known = (connection.connection, int(cursor.fetchone()[0]))
+        connection._idempotency_max_allowed_packet = known  # type: ignore[attr-defined]
+    return int(known[1])
 
 
 def _sqlite_locked(exc: OperationalError) -> bool:
