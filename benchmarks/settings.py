@@ -58,10 +58,17 @@ IDEMPOTENCY = {
     "REDIS_KEY_PREFIX": "idempotency-bench",
 }
 
+# With BENCH_LOG_DIR (the load harness), each worker process logs to a
+# file of its own there, one JSON record a line (benchmarks/logs.py).
+_log_handler = (
+    {"()": "benchmarks.logs.WorkerFileHandler", "directory": os.environ["BENCH_LOG_DIR"]}
+    if os.environ.get("BENCH_LOG_DIR")
+    else {"class": "logging.StreamHandler"}
+)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "handlers": {"console": _log_handler},
     # 409s and 422s are expected under load; only errors are news.
     "loggers": {
         "django.request": {

@@ -52,7 +52,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
-from . import common, server
+from . import common, logs, server
 
 CHARGES = "/api/charges/"
 REDIS_STORE_CHARGES = "/api/redis-store/charges/"
@@ -470,18 +470,31 @@ def verify(answers: list[Answer]) -> dict[str, Any]:
     }
 
 
-def causes_of_500(log: str) -> dict[str, int]:
+def causes_of_500(log_directory: Path) -> dict[str, int]:
     """For each 500 the server logged: the exception and the last frame of
     the project's or this package's code it passed through."""
     causes: Counter[str] = Counter()
-    for report in log.split("Internal Server Error: ")[1:]:
-        lines = report.splitlines()
+    for record in logs.records(log_directory):
+        if record.logger != "django.request" or not record.message.startswith(
+            "Internal Server Error"
+        ):
+            continue
+        lines = record.traceback.splitlines()
         frames = [line.strip() for line in lines if line.strip().startswith('File "')]
         ours = [frame for frame in frames if "site-packages" not in frame] or frames[-1:]
-        error = next((line for line in reversed(lines) if "Error" in line.split(":")[0]), "?")
-        where = "through the package" if any("/idempotency/" in f for f in frames) else "before it"
+        error = lines[-1] if lines else "?"
+        where = "through the package" if any(_in_package(f) for f in frames) else "before it"
         causes[f"{where}: {error[:120]} <- {ours[-1] if ours else '?'}"] += 1
     return dict(causes)
+
+
+def _in_package(frame: str) -> bool:
+    """Whether a traceback line names a file of the package itself."""
+    path = frame.split('"')[1]
+    return Path(path).resolve().is_relative_to(PACKAGE)
+
+
+PACKAGE = Path(__file__).resolve().parent.parent / "idempotency"
 
 
 def one(url: str, quick: bool, workers: int, redis: bool) -> dict[str, Any]:
@@ -492,6 +505,8 @@ def one(url: str, quick: bool, workers: int, redis: bool) -> dict[str, Any]:
     # The server's log is read afterwards for the cause of every 500.
     os.environ["BENCH_REQUEST_LOG_LEVEL"] = "ERROR"
     log = Path(tempfile.mkdtemp()) / "gunicorn.log"
+    log_directory = Path(tempfile.mkdtemp())
+    os.environ["BENCH_LOG_DIR"] = str(log_directory)
     hold_file = Path(tempfile.mkdtemp()) / "hold"
     os.environ["EXAMPLE_CHARGE_HOLD_FILE"] = str(hold_file)
     common.configure(url)
@@ -557,11 +572,13 @@ def one(url: str, quick: bool, workers: int, redis: bool) -> dict[str, Any]:
                 )
             )
         connection.close()
-    logged = log.read_text(errors="replace")
-    result["causes_of_500"] = causes_of_500(logged)
+    result["causes_of_500"] = causes_of_500(log_directory)
     result.update(
         redis=redis,
-        redis_fallbacks=logged.count("Redis unavailable ("),
+        redis_fallbacks=sum(
+            record.message.startswith("Redis unavailable (")
+            for record in logs.records(log_directory)
+        ),
         vendor=vendor,
         server=version,
         workers=workers,
