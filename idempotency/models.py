@@ -84,6 +84,36 @@ class IdempotencyKeyQuerySet(models.QuerySet["IdempotencyKey"]):
         """
         return sum(self.purge_batches(batch_size=batch_size, now=now))
 
+    def release_in_flight(self) -> tuple[list[IdempotencyKey], int]:
+        """Delete the in-flight records among these; return the records
+        deleted, and how many were skipped as busy.
+
+        For an operator who knows a request died without its claim expiring
+        yet: a retry with the key then runs the handler. Completed records
+        are left alone, since deleting one would let a retry run the handler
+        again. As in ``purge_batches``, rows that another transaction has
+        locked (an expired record being taken over right now) are skipped,
+        not waited for, and the ``DELETE`` repeats the in-flight test on the
+        rows it deletes.
+        """
+        in_flight = self.filter(state=IdempotencyKey.State.IN_FLIGHT).order_by()
+        connection = connections[self.db]
+        with transaction.atomic(using=self.db):
+            chosen = list(
+                in_flight.select_for_update(
+                    skip_locked=connection.features.has_select_for_update_skip_locked
+                )
+            )
+            ids = [record.pk for record in chosen]
+            busy = in_flight.exclude(pk__in=ids).count()
+            # One DELETE that repeats the in-flight test (delete() could fall
+            # back to deleting by primary key alone, since receivers listen to
+            # deletions); in-flight records have no copy in Redis to drop.
+            in_flight.filter(pk__in=ids)._raw_delete(self.db)
+            # Those the DELETE's own test kept are not released.
+            kept = set(self.filter(pk__in=ids).values_list("pk", flat=True))
+        return [record for record in chosen if record.pk not in kept], busy
+
 
 class IdempotencyKey(models.Model):
     """A client's idempotency key and the response its first request produced."""
@@ -128,6 +158,7 @@ class IdempotencyKey(models.Model):
             models.UniqueConstraint(fields=["scope", "key"], name="idempotency_scope_key_uniq"),
         ]
         indexes = [models.Index(fields=["expires_at"], name="idempotency_expires_at_idx")]
+        permissions = [("release_idempotencykey", "Can release in-flight idempotency keys")]
 
     def __str__(self) -> str:
         return self.key

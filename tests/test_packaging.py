@@ -94,6 +94,9 @@ def test_wheel_contents(wheel):
         "idempotency/py.typed",
         "idempotency/migrations/__init__.py",
         "idempotency/migrations/0001_initial.py",
+        "idempotency/migrations/0002_release_permission.py",
+        "idempotency/templates/admin/idempotency/idempotencykey/"
+        "release_in_flight_confirmation.html",
         "idempotency/management/__init__.py",
         "idempotency/management/commands/__init__.py",
         "idempotency/management/commands/purge_idempotency_keys.py",
