@@ -113,10 +113,12 @@ def _protect_in_database(
         known, marker = accelerator.lookup(info, settings.LOCK_TIMEOUT)
         if known is not None:
             return _answer(known, info)
-    store = DatabaseStore(alias)
     flight = accelerators.Flight(accelerator, info, alias, marker)
+    store: DatabaseStore | None = None
     session = None
     try:
+        # Even building the store may ask the server (MySQL or MariaDB?).
+        store = DatabaseStore(alias)
         session = store.session()
         with store.atomic():
             claim = store.claim(info, settings.LOCK_TIMEOUT)
@@ -131,7 +133,7 @@ def _protect_in_database(
         # ended this session, whatever the handler did either committed with
         # its stored response or vanished with the claim: a retry is safe.
         # Errors on a live connection stay the 500 they are.
-        if store.session_alive(session):
+        if store is not None and store.session_alive(session):
             raise
         logger.warning(
             "Database session lost during %s %s; answered 503.",

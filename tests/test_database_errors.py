@@ -91,6 +91,32 @@ def test_a_connection_lost_mid_request_answers_503_and_runs_nothing(user, phase)
     assert Execution.objects.count() == 1
 
 
+@pytest.mark.server_db
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_lost_at_commit_answers_503_and_runs_nothing(user, monkeypatch):
+    session = backend_id()
+    commit = connection._commit
+    killed = []
+
+    def kill_then_commit():
+        if not killed:
+            killed.append(True)
+            in_another_thread(lambda: kill_session(session))
+        return commit()
+
+    monkeypatch.setattr(connection, "_commit", kill_then_commit)
+    key = str(uuid.uuid4())
+    response = send(user, key)
+    monkeypatch.undo()
+    assert killed
+    assert_database_unavailable(response)
+    connection.close()
+    assert not Execution.objects.exists()
+    assert not IdempotencyKey.objects.exists()
+    assert send(user, key).status_code == 201
+    assert Execution.objects.count() == 1
+
+
 @pytest.mark.vendor("postgresql")
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("atomic_requests")
@@ -121,6 +147,10 @@ def test_an_error_on_a_live_session_stays_a_500(user):
 def test_an_unreachable_database_answers_503(user):
     key = str(uuid.uuid4())
     connection.close()
+    # A worker that never reached the server: even telling MariaDB from MySQL
+    # would need it.
+    for known in ("mysql_server_data", "mysql_is_mariadb"):
+        connection.__dict__.pop(known, None)
     port = connection.settings_dict["PORT"]
     connection.settings_dict["PORT"] = "1"  # nothing listens there
     try:
