@@ -292,6 +292,7 @@ def test_e013_not_a_string(value):
 # E014 is a database check: telling MariaDB from MySQL takes a connection.
 
 
+@pytest.mark.django_db  # a database check: on MariaDB it reads max_allowed_packet
 def test_e014_unsupported_vendor(monkeypatch):
     monkeypatch.setattr(connections["other"], "vendor", "oracle")
     with override_settings(IDEMPOTENCY={"DATABASE": "other"}):

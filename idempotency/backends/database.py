@@ -129,6 +129,8 @@ class Attempt:
     pk: int | None = None
     # The record in the way, when the claim statement could read it too.
     record: Record | None = None
+    # PostgreSQL: the claimed row's ctid, to store the response by.
+    row: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ class Statements:
     select: str  # RECORD_COLUMNS and the expiry test, by scope and key
     update: str  # SET COLUMNS, by id and expiry
     complete: str  # SET the response, by id, claim time and state
+    complete_row: str = ""  # PostgreSQL: the same, by ctid and id
     lock: str = ""  # MariaDB: a shared lock on the record of (scope, key), if any
     claim: str = ""  # the dialect's claim, built from the above
     take_over: str = ""  # the dialect's takeover, built from ``update``
@@ -187,6 +190,24 @@ class DatabaseStore:
 
         Must run inside ``atomic()``: the claim lasts as long as the transaction.
         """
+        try:
+            return self._claim(info, lock_timeout)
+        except OperationalError as exc:
+            if not self.dialect.outdated_snapshot(exc):
+                raise
+            # REPEATABLE READ or SERIALIZABLE, and the transaction's snapshot
+            # was taken (under ATOMIC_REQUESTS, by the request's first read)
+            # before another transaction wrote this key's record: this one
+            # can neither see that record nor write over it. The other has
+            # committed, but its response cannot be read from this snapshot:
+            # a 409, and the client's retry gets the replay. The error
+            # aborted the transaction (PostgreSQL) or rolled it back
+            # (MariaDB): leaving the block rolls back the claim's savepoint
+            # or, if that is gone, the request's transaction.
+            transaction.set_rollback(True, using=self.alias)
+            return Claim(Outcome.IN_FLIGHT)
+
+    def _claim(self, info: RequestInfo, lock_timeout: timedelta) -> Claim:
         adapt = self.connection.ops.adapt_datetimefield_value
         params = [
             info.scope,
@@ -204,14 +225,16 @@ class DatabaseStore:
         ]
         attempt = self.dialect.insert(self, params, info, lock_timeout)
         if attempt.result == CLAIMED:
-            return Claim(Outcome.CLAIMED, token=(attempt.pk, info.now), record_id=attempt.pk)
+            return Claim(
+                Outcome.CLAIMED, token=(attempt.pk, info.now, attempt.row), record_id=attempt.pk
+            )
         if attempt.result == BUSY:
             return Claim(Outcome.IN_FLIGHT)
         record = attempt.record
         if record is None and attempt.result == EXISTS:
             # MariaDB and SQLite: the failed insert left the record locked
             # for this transaction, so it is there to read.
-            record = self._fetch(info)
+            record = self.dialect.fetch(self, info)
         if record is None:
             # PostgreSQL: another transaction holds the key's lock, or
             # committed its record, or the purge deleted an expired one, in
@@ -225,7 +248,7 @@ class DatabaseStore:
             # lock and may be renewing this expired record.
             return Claim(Outcome.IN_FLIGHT)
         if self.dialect.take_over(self, record.pk, params, info).result == CLAIMED:
-            return Claim(Outcome.CLAIMED, token=(record.pk, info.now), record_id=record.pk)
+            return Claim(Outcome.CLAIMED, token=(record.pk, info.now, None), record_id=record.pk)
         # Taken over, renewed or purged since we read it: in flight, or free
         # again for the client's retry.
         return Claim(Outcome.IN_FLIGHT)
@@ -237,7 +260,7 @@ class DatabaseStore:
         Returns ``None`` if the record is no longer this request's claim
         (see the module docstring); the caller must then roll back.
         """
-        pk, claimed_at = claim.token
+        pk, claimed_at, row = claim.token
         now = timezone.now()
         adapt = self.connection.ops.adapt_datetimefield_value
         params = [
@@ -256,12 +279,22 @@ class DatabaseStore:
         if not self.dialect.fits(self.connection, self.sql.complete, params):
             raise ResponseTooLarge
         with self.connection.cursor() as cursor:
+            if row is not None:
+                # PostgreSQL: the claimed row by its ctid, without the search
+                # of the primary key's index, whose predicate lock (at
+                # SERIALIZABLE) would cover the page where every concurrent
+                # claim inserts its new id, and fail them at commit. The
+                # search by id remains for a row that moved meanwhile (the
+                # handler updated it).
+                cursor.execute(self.sql.complete_row, [*params[:6], row, *params[6:]])
+                if cursor.rowcount == 1:
+                    return now + ttl
             cursor.execute(self.sql.complete, params)
             return now + ttl if cursor.rowcount == 1 else None
 
-    def _fetch(self, info: RequestInfo) -> Record | None:
+    def _fetch(self, info: RequestInfo, sql: str = "") -> Record | None:
         with self.connection.cursor() as cursor:
-            cursor.execute(self.sql.select, self.select_params(info))
+            cursor.execute(sql or self.sql.select, self.select_params(info))
             row = cursor.fetchone()
         return None if row is None else Record.from_row(row)
 
@@ -317,6 +350,7 @@ def _statements(connection: BaseDatabaseWrapper, dialect: Dialect) -> Statements
         _STATEMENTS[cache_key] = dataclasses.replace(
             statements,
             claim=dialect.claim_sql(statements, column),
+            complete_row=dialect.complete_row_sql(statements, column),
             take_over=dialect.take_over_sql(statements),
         )
     return _STATEMENTS[cache_key]
@@ -348,6 +382,17 @@ class Dialect(abc.ABC):
 
     def take_over_sql(self, sql: Statements) -> str:
         return sql.update
+
+    def complete_row_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
+        return ""
+
+    def outdated_snapshot(self, exc: OperationalError) -> bool:
+        """Whether ``exc`` says that the transaction's snapshot predates a
+        committed write of the record it tried to write or lock."""
+        return False
+
+    def fetch(self, store: DatabaseStore, info: RequestInfo) -> Record | None:
+        return store._fetch(info)
 
     def alive(self, connection: BaseDatabaseWrapper) -> bool:
         return connection.is_usable()
@@ -398,23 +443,42 @@ class PostgreSQLDialect(Dialect):
 
     def claim_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
         # One statement answers every case: it takes the key's advisory lock,
-        # reads the committed record if there is one (all a replay needs),
-        # and inserts the claim only when it holds the lock and found no
-        # record, so that a replay neither attempts an insert nor burns an id.
+        # inserts the claim when it holds the lock, and reads the committed
+        # record (all a replay needs) only when there was one in the way.
+        # Inserting first matters at SERIALIZABLE: the read would take a
+        # predicate lock on the unique index's page, where concurrent claims
+        # of other keys insert theirs, and fail them at commit. ON CONFLICT
+        # checks the index without one. (A replay that takes the lock burns
+        # an id.) OFFSET 0 keeps the read a subquery of its own, which the
+        # One-Time Filter skips when the insert succeeded.
         return (
             "WITH claim AS ("
             " SELECT pg_try_advisory_xact_lock(%s) AS acquired,"
             " set_config('idle_in_transaction_session_timeout', %s, true)"
-            f"), existing AS ({sql.select}"
             "), inserted AS ("
             f" INSERT INTO {sql.table} ({', '.join(column(name) for name in COLUMNS)})"
             f" SELECT {', '.join(['%s'] * len(COLUMNS))} FROM claim"
-            " WHERE claim.acquired AND NOT EXISTS (SELECT 1 FROM existing)"
+            " WHERE claim.acquired"
             f" ON CONFLICT ({column('scope')}, {column('key')}) DO NOTHING"
-            f" RETURNING {column('id')}"
-            f") SELECT claim.acquired, inserted.{column('id')}, existing.*"
-            " FROM claim LEFT JOIN inserted ON true LEFT JOIN existing ON true"
+            f" RETURNING {column('id')}, ctid"
+            f") SELECT claim.acquired, inserted.{column('id')}, inserted.ctid::text,"
+            " existing.* FROM claim LEFT JOIN inserted ON true LEFT JOIN LATERAL ("
+            f"{sql.select} AND inserted.{column('id')} IS NULL OFFSET 0"
+            ") existing ON true"
         )
+
+    def complete_row_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
+        by_id = f" WHERE {column('id')} = %s"
+        return sql.complete.replace(by_id, f" WHERE ctid = %s::tid AND {column('id')} = %s")
+
+    # "could not serialize access": a row written (ON CONFLICT, UPDATE) by a
+    # transaction that committed after this one's snapshot was taken.
+    SERIALIZATION_FAILURE = "40001"
+
+    def outdated_snapshot(self, exc: OperationalError) -> bool:
+        cause = exc.__cause__  # psycopg 3 names the SQLSTATE sqlstate, psycopg2 pgcode
+        code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        return bool(code == self.SERIALIZATION_FAILURE)
 
     def insert(
         self, store: DatabaseStore, params: list[Any], info: RequestInfo, lock_timeout: timedelta
@@ -425,11 +489,11 @@ class PostgreSQLDialect(Dialect):
         with store.connection.cursor() as cursor:
             cursor.execute(
                 store.sql.claim,
-                [advisory_lock_id(info), idle_ms, *store.select_params(info), *params],
+                [advisory_lock_id(info), idle_ms, *params, *store.select_params(info)],
             )
-            acquired, pk, *existing = cursor.fetchone()
+            acquired, pk, row, *existing = cursor.fetchone()
         if pk is not None:
-            return Attempt(CLAIMED, pk)
+            return Attempt(CLAIMED, pk, row=row)
         # The committed record this statement's snapshot saw, if any. Holding
         # the lock, no other transaction can be writing the key, so the record
         # may be taken over if it has expired.
@@ -480,6 +544,30 @@ class MariaDBDialect(Dialect):
 
     def take_over_sql(self, sql: Statements) -> str:
         return self.NO_WAIT + sql.update
+
+    # Error 1020 (ER_CHECKREAD, "Record has changed since last read"): with
+    # innodb_snapshot_isolation=ON (the default from MariaDB 11.6.2), a
+    # locking read or write of a record committed after the read view; InnoDB
+    # rolls back the whole transaction.
+    RECORD_CHANGED = 1020
+
+    def outdated_snapshot(self, exc: OperationalError) -> bool:
+        return bool(exc.args) and exc.args[0] == self.RECORD_CHANGED
+
+    def fetch(self, store: DatabaseStore, info: RequestInfo) -> Record | None:
+        record = store._fetch(info)
+        if record is not None:
+            return record
+        # At REPEATABLE READ a plain read reads the transaction's read view,
+        # which (under ATOMIC_REQUESTS, taken by the request's first read)
+        # may predate the record the insert met. A locking read reads the
+        # latest committed version. Only then: its shared lock would stop
+        # the takeover of an expired record by any concurrent duplicate.
+        try:
+            return store._fetch(info, self.NO_WAIT + store.sql.select + " LOCK IN SHARE MODE")
+        except OperationalError as exc:
+            self._refusal(exc)  # raises anything but a lock wait
+            return None
 
     def insert(
         self, store: DatabaseStore, params: list[Any], info: RequestInfo, lock_timeout: timedelta
