@@ -1,3 +1,5 @@
+import contextlib
+
 from django.apps import AppConfig
 from django.core import checks
 from django.utils.translation import gettext_lazy as _
@@ -12,6 +14,7 @@ class IdempotencyConfig(AppConfig):
         from django.db.models.signals import post_delete, post_migrate
 
         from .accelerator import forget_database, forget_deleted
+        from .backends.redis import prepare as prepare_redis
         from .checks import (
             check_database,
             check_redis,
@@ -19,6 +22,7 @@ class IdempotencyConfig(AppConfig):
             check_sqlite_transactions,
             check_view_options,
         )
+        from .conf import settings
         from .models import IdempotencyKey
 
         # Copies in Redis must not outlive their records (accelerator.py).
@@ -30,3 +34,10 @@ class IdempotencyConfig(AppConfig):
         checks.register(check_sqlite_transactions)
         checks.register(check_redis, checks.Tags.caches)
         checks.register(check_database, checks.Tags.database)
+
+        # What requests need, imported now, in one thread, rather than by a
+        # worker's first requests all at once (see redis.prepare()).
+        prepare_redis()
+        with contextlib.suppress(Exception):  # the checks report bad paths
+            settings.SCOPE  # noqa: B018
+            settings.FINGERPRINT  # noqa: B018

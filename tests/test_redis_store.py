@@ -16,6 +16,7 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from django_redis import get_redis_connection
 from rest_framework.test import APIClient
@@ -596,12 +597,39 @@ def test_stored_value_is_one_json_line_and_the_body(client, redis_db):
     assert body == first.content
 
 
-def test_without_redis_py_installed_views_fail_closed(client, monkeypatch, caplog):
-    # As on a machine without the "redis" extra: both imports fail.
+def test_without_redis_py_installed_views_fail_as_misconfigured(client, monkeypatch):
+    # As on a machine without the "redis" extra: both imports fail. That is
+    # no outage, and a 503 would have clients retry in vain: a 500.
     for module in ("redis.exceptions", "django_redis"):
         monkeypatch.setitem(sys.modules, module, None)
     assert redis_backend.errors() == (redis_backend.Unusable,)
     key = new_key()
-    assert post(client, key).status_code == 503
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        post(client, key)
+    assert str(excinfo.value).startswith("The 'idempotency' cache cannot be used: ")
+    assert str(excinfo.value).endswith("`manage.py check` reports this (idempotency.E018, E024).")
     assert runs(key) == 0
-    assert "answered 503" in caplog.text
+
+
+def test_start_up_prepares_what_requests_import(monkeypatch, caplog):
+    for module in redis_backend.PREPARED_MODULES:
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    redis_backend.prepare()
+    assert all(module in sys.modules for module in redis_backend.PREPARED_MODULES)
+    assert "could not be prepared" not in caplog.text
+
+
+@override_settings(IDEMPOTENCY={})
+def test_start_up_imports_no_redis_when_none_is_configured(monkeypatch):
+    monkeypatch.delitem(sys.modules, "django_redis")
+    redis_backend.prepare()
+    assert "django_redis" not in sys.modules
+
+
+def test_start_up_survives_a_cache_it_cannot_build(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "django_redis", None)
+    redis_backend.prepare()
+    assert caplog.messages == [
+        "The Redis caches ['idempotency'] could not be prepared at start-up: "
+        "ModuleNotFoundError('import of django_redis halted; None in sys.modules')"
+    ]

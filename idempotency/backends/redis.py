@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import importlib
 import json
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,6 +34,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from ..conf import settings
 from .base import Claim, Outcome, RequestInfo, StoredResponse
+
+logger = logging.getLogger("idempotency")
 
 IN_FLIGHT = "in_flight"
 COMPLETED = "completed"
@@ -104,9 +108,11 @@ class Unusable(Exception):
 def connection(alias: str | None) -> Any:
     """The raw client of the django-redis cache ``alias`` (the primary).
 
-    Raises :class:`Unusable` if there is none, which callers treat as an
-    outage: the system checks report the configuration, and requests must
-    not fail for it where the database can answer.
+    Raises :class:`Unusable` if the cache's configuration gives none, which
+    callers treat as an outage: the system checks report the configuration,
+    and requests must not fail for it where the database can answer. A
+    module that cannot be imported is no outage, and no retry will cure it:
+    ``ImproperlyConfigured``, a 500.
     """
     if alias is None:
         raise ImproperlyConfigured(
@@ -118,6 +124,11 @@ def connection(alias: str | None) -> Any:
 
         client = get_redis_connection(alias, write=True)
         decodes = client.get_connection_kwargs().get("decode_responses")
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"The {alias!r} cache cannot be used: {exc}. `manage.py check` reports this "
+            "(idempotency.E018, E024)."
+        ) from exc
     except Exception as exc:
         # Whatever django-redis or a custom client class raises for its
         # configuration (the checks report it as E024).
@@ -127,6 +138,35 @@ def connection(alias: str | None) -> Any:
         # parse, and a binary body could not be read back at all.
         raise Unusable(f"the {alias!r} cache decodes responses (decode_responses=True)")
     return client
+
+
+# What a request enters redis-py and django-redis by: imported by prepare().
+PREPARED_MODULES = ("redis", "redis.exceptions", "redis.connection", "django_redis")
+
+
+def prepare() -> None:
+    """Import redis-py and django-redis, and build the client of each cache
+    that ``IDEMPOTENCY`` names, as the application starts (``ready()``).
+
+    Left to the requests, the imports would run in a worker's first requests,
+    several threads at once, each entering redis-py by another module
+    (``redis.exceptions`` here, ``redis.connection`` through django-redis):
+    Python's per-module import locks then gave one a ``_DeadlockError`` (a
+    500) and another a partially initialized module (a false outage).
+    Building a client and its pool connects to nothing, so this works with
+    Redis down. Nothing here may fail the start-up: a configuration it cannot
+    build is logged, reported by the system checks, and met again by requests.
+    """
+    aliases = sorted(alias for alias in {settings.REDIS, settings.REDIS_ACCELERATOR} if alias)
+    if not aliases:
+        return
+    try:
+        for module in PREPARED_MODULES:
+            importlib.import_module(module)
+        for alias in aliases:
+            connection(alias)
+    except Exception as exc:
+        logger.warning("The Redis caches %s could not be prepared at start-up: %r", aliases, exc)
 
 
 def errors() -> tuple[type[Exception], ...]:

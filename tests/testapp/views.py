@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import itertools
@@ -520,10 +521,8 @@ def refuse(request, how: str) -> Response:
     elif how == "orm":
         # An IntegrityError caught without a savepoint: the ORM marks the
         # transaction for rollback.
-        try:
+        with contextlib.suppress(IntegrityError):
             Execution.objects.create(pk=execution.pk, label="duplicate")
-        except IntegrityError:
-            pass
     elif how == "cursor":
         # The same through a raw cursor: Django marks nothing, but
         # PostgreSQL has aborted the transaction.
