@@ -392,28 +392,38 @@ def test_a_late_worker_whose_key_nobody_took_still_stores_its_response(
     ]
 
 
-def test_a_late_worker_whose_key_another_holds_stores_nothing(user, redis_db, gate, caplog):
-    name, held = gate
-    key = new_key()
-    with override_settings(IDEMPOTENCY={**REDIS, "LOCK_TIMEOUT": 0.3}):
-        late = Threads([lambda: send(user, key, gate=name)])
-        assert held.entered.wait(timeout=10)
-        time.sleep(0.4)
+def outlive_the_lease_while_another_owns(user, key: str, gate, url: str = URL):
+    """The first request outlives its lease, held; a second claims the key
+    and is held in turn while the first finishes. Returns the first's
+    response, the status of a retry sent meanwhile, and the second's."""
     from tests.testapp import views
 
+    name, held = gate
+    with override_settings(IDEMPOTENCY={**REDIS, "LOCK_TIMEOUT": 0.3}):
+        late = Threads([lambda: send(user, key, url, gate=name)])
+        assert held.entered.wait(timeout=10)
+        time.sleep(0.4)
+    # The new owner holds a long lease.
     second_name = new_key()
     views.GATES[second_name] = second = views.Gate()
     try:
         owner = Threads([lambda: send(user, key, gate=second_name)])
         assert second.entered.wait(timeout=10)
         held.release.set()
-        late.join()
-        assert send(user, key).status_code == 409  # still the new owner's
+        (late_response,) = late.join()
+        meanwhile = send(user, key).status_code
         second.release.set()
         (owned,) = owner.join()
     finally:
         second.release.set()
         del views.GATES[second_name]
+    return late_response, meanwhile, owned
+
+
+def test_a_late_worker_whose_key_another_holds_stores_nothing(user, redis_db, gate, caplog):
+    key = new_key()
+    _late, meanwhile, owned = outlive_the_lease_while_another_owns(user, key, gate)
+    assert meanwhile == 409  # still the new owner's
     assert send(user, key).content == owned.content
     assert late_log(caplog) == [
         (
@@ -426,30 +436,13 @@ def test_a_late_worker_whose_key_another_holds_stores_nothing(user, redis_db, ga
 
 
 def test_a_late_worker_that_fails_leaves_the_new_owners_claim(user, redis_db, gate):
-    name, held = gate
     key = new_key()
-    with override_settings(IDEMPOTENCY={**REDIS, "LOCK_TIMEOUT": 0.3}):
-        late = Threads([lambda: send(user, key, f"{URL}?raise=error", gate=name)])
-        assert held.entered.wait(timeout=10)
-        time.sleep(0.4)
-    # The new owner holds a long lease now.
-    second_name = new_key()
-    from tests.testapp import views
-
-    views.GATES[second_name] = second = views.Gate()
-    try:
-        owner = Threads([lambda: send(user, key, gate=second_name)])
-        assert second.entered.wait(timeout=10)
-        held.release.set()
-        (failed,) = late.join()
-        assert failed.status_code == 500
-        # The failing late worker released nothing: the key is still in flight.
-        assert send(user, key).status_code == 409
-        second.release.set()
-        (owned,) = owner.join()
-    finally:
-        second.release.set()
-        del views.GATES[second_name]
+    failed, meanwhile, owned = outlive_the_lease_while_another_owns(
+        user, key, gate, f"{URL}?raise=error"
+    )
+    assert failed.status_code == 500
+    # The failing late worker released nothing: the key is still in flight.
+    assert meanwhile == 409
     assert send(user, key).content == owned.content
     assert runs(key) == 2
 
