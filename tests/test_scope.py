@@ -152,3 +152,12 @@ class TestSessionScope:
         browser.force_authenticate(user)
         assert self.charge(browser, "k").status_code == 201
         assert IdempotencyKey.objects.get().scope == f"testapp.user:{user.pk}"
+
+
+def test_a_request_outside_a_view_is_named_by_its_path():
+    from rest_framework.request import Request
+    from rest_framework.test import APIRequestFactory
+
+    from idempotency.core import view_name
+
+    assert view_name(Request(APIRequestFactory().post("/somewhere/"))) == "/somewhere/"
