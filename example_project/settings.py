@@ -85,7 +85,7 @@ EXAMPLE_CHARGE_DELAY = float(os.environ.get("EXAMPLE_CHARGE_DELAY", "0"))
 # transaction; benchmarks/stress.py uses it to kill workers mid-handler.
 EXAMPLE_CHARGE_HOLD_FILE = os.environ.get("EXAMPLE_CHARGE_HOLD_FILE", "")
 
-# Every key is optional; these are the defaults except TTL.
+# Every key is optional: these two are the defaults, written out.
 IDEMPOTENCY = {
     "TTL": 24 * 60 * 60,
     "LOCK_TIMEOUT": 60,
