@@ -49,13 +49,14 @@ from typing import Any
 
 import pytest
 from django.core.signals import got_request_exception
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from idempotency.backends.database import DatabaseStore
+from idempotency.backends.base import RequestInfo
+from idempotency.backends.database import MARIADB, DatabaseStore
 from idempotency.models import IdempotencyKey
-from tests.concurrency import URL, Threads, tally
+from tests.concurrency import URL, Threads, in_another_thread, tally
 from tests.testapp import views
 from tests.testapp.models import Execution
 
@@ -519,3 +520,44 @@ def test_c_distinct_keys_released_together(user, level, atomic):
         assert [o.status for o in outcomes] == [201] * THREADS, summary
         assert not any(o.replayed for o in outcomes), summary
         assert runs == [1] * THREADS, summary
+
+
+@pytest.mark.vendor("mysql")
+def test_a_locking_read_that_meets_a_lock_leaves_the_answer_to_a_retry(user, transactional_db):
+    # MariaDB at REPEATABLE READ: the plain read of a stale read view misses
+    # the record, and the locking read that follows meets another
+    # transaction's lock on it: no answer now (a 409), never a wait.
+    key = str(uuid.uuid4())
+    connection = connections["default"]
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_record_locked() -> None:
+        with transaction.atomic():
+            IdempotencyKey.objects.select_for_update().get(key=key)
+            locked.set()
+            release.wait(timeout=10)
+
+    with connection.cursor() as cursor:
+        cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    try:
+        with transaction.atomic():
+            Execution.objects.count()  # the read view is taken here
+            in_another_thread(
+                lambda: IdempotencyKey.objects.create(
+                    scope="s", key=key, fingerprint="f", state="completed", method="POST",
+                    path="/", created_at=timezone.now(), expires_at=timezone.now()
+                    + timedelta(hours=1),
+                )
+            )  # fmt: skip
+            holder = threading.Thread(target=hold_the_record_locked)
+            holder.start()
+            try:
+                assert locked.wait(timeout=10)
+                store = DatabaseStore("default")
+                info = RequestInfo("s", key, "f", "POST", "/", timezone.now())
+                assert MARIADB.fetch(store, info) is None
+            finally:
+                release.set()
+                holder.join(timeout=10)
+    finally:
+        connection.close()  # the session's isolation level goes with it

@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
 
 from idempotency.fingerprint import default_fingerprint
-from idempotency.keys import InvalidKey, normalise_scope, parse_key
+from idempotency.keys import InvalidKey, is_missing, normalise_scope, parse_key
 
 
 @pytest.mark.parametrize(
@@ -49,6 +49,27 @@ def test_parse_key(raw, key):
 def test_parse_key_refuses(raw):
     with pytest.raises(InvalidKey):
         parse_key(raw)
+
+
+@pytest.mark.parametrize(
+    ("scope", "missing"),
+    [
+        (None, True),
+        (False, True),
+        ("", True),
+        ("  \t", True),
+        (b"", True),
+        ([], True),
+        ({}, True),
+        ("auth.user:1", False),
+        (0, False),  # a primary key may be 0
+        (42, False),
+        (b"tenant", False),
+        (("tenant", 1), False),
+    ],
+)
+def test_is_missing(scope, missing):
+    assert is_missing(scope) is missing
 
 
 def test_normalise_scope():
