@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 
 from asgiref.sync import async_to_sync
-from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError, transaction
 from django.http import HttpResponse, UnreadablePostError
 from django.http.response import HttpResponseBase
@@ -85,9 +85,13 @@ def protect(
             request.path,
         )
         return problems.SCOPE_MISSING.response()
+    try:
+        scope = normalise_scope(scope)
+    except TypeError as exc:
+        raise ImproperlyConfigured(f"The scope of {view_name(request)} is wrong: {exc}") from None
     setattr(request, _ACTIVE, True)
     info = RequestInfo(
-        scope=normalise_scope(scope),
+        scope=scope,
         key=key,
         fingerprint=fingerprint,
         method=request.method,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from typing import Any
 
 from rest_framework.request import Request
@@ -71,6 +72,9 @@ def parse_key(raw: str) -> str:
             raise InvalidKey(QUOTING)
     elif "," in value:
         raise InvalidKey(LIST)
+    elif ";" in value:
+        # Structured-field syntax outside quotes: parameters, not a key.
+        raise InvalidKey(PARAMETERS)
     else:
         key = value
     if not key:
@@ -119,20 +123,26 @@ def default_scope(request: Request) -> str | None:
     if user is None or not user.is_authenticated:
         return "anonymous"
     pk = getattr(user, "pk", None)
-    if pk is None:
+    if is_missing(pk):
         return None
     return f"{principal_kind(user)}:{pk}"
 
 
 def principal_kind(principal: Any) -> str:
-    """What kind of principal this is: a model's label (its concrete model's,
-    since a proxy model's instance is the same row), or a class's path."""
+    """What kind of principal this is: for a model instance, the label of the
+    model whose table holds its primary key (a proxy's instance is its
+    concrete model's row; a multi-table child's primary key is its parent's
+    row); for anything else, its class's path."""
     meta = getattr(principal, "_meta", None)
-    concrete = getattr(meta, "concrete_model", None)
-    if concrete is not None:
-        return str(concrete._meta.label_lower)
-    kind = type(principal)
-    return f"{kind.__module__}.{kind.__qualname__}"
+    model = getattr(meta, "concrete_model", None)
+    if model is None:
+        kind = type(principal)
+        return f"{kind.__module__}.{kind.__qualname__}"
+    link = model._meta.pk.remote_field
+    while link is not None and link.parent_link:
+        model = link.model._meta.concrete_model
+        link = model._meta.pk.remote_field
+    return str(model._meta.label_lower)
 
 
 def is_missing(scope: object) -> bool:
@@ -149,13 +159,27 @@ def is_missing(scope: object) -> bool:
         return False
 
 
-def normalise_scope(scope: object) -> str:
-    """Fit whatever a scope callable returned into the indexed column.
+# What a scope callable may return: values whose text is the same on every
+# request. Anything else is a bug in the callable: an object's default text
+# holds its memory address, and a retry would land in another scope.
+SCOPE_TYPES = (str, int, uuid.UUID)
+HASHED = "sha256:"
 
-    A scope too long for it, or with characters a database may refuse (NUL
-    in PostgreSQL text, lone surrogates in utf8mb4), is stored as its hash.
+
+def normalise_scope(scope: object) -> str:
+    """Fit what a scope callable returned into the indexed column.
+
+    A scope too long for it, with characters a database may refuse (NUL in
+    PostgreSQL text, lone surrogates in utf8mb4), or that looks like a hashed
+    one, is stored as its hash. Raises ``TypeError`` for a value of another
+    type than ``SCOPE_TYPES``.
     """
+    if not isinstance(scope, SCOPE_TYPES) or isinstance(scope, bool):
+        raise TypeError(
+            f"a scope must be a str, an int or a UUID, not {type(scope).__name__}: the same "
+            "client must get the same scope on every request."
+        )
     text = str(scope)
-    if len(text) <= MAX_SCOPE_LENGTH and text.isprintable():
+    if len(text) <= MAX_SCOPE_LENGTH and text.isprintable() and not text.startswith(HASHED):
         return text
-    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return HASHED + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -339,8 +339,9 @@ class TestMalformedKey:
             ('"a,b", "a,b"', LIST),
             ('"aaa",bbb', LIST),
             ('aaa,"aaa"', LIST),
-            # Structured-field parameters.
+            # Structured-field parameters, quoted or bare.
             ('"aaa";a=1', PARAMETERS),
+            ("aaa;a=1", PARAMETERS),
             ('"aaa" ;a="1"', PARAMETERS),
         ],
     )

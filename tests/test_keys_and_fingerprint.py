@@ -83,6 +83,16 @@ def test_normalise_scope():
         digest = hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()
         assert normalise_scope(scope) == f"sha256:{digest}"
     assert normalise_scope("user:42 caf\u00e9 \U0001f600") == "user:42 caf\u00e9 \U0001f600"
+    hash_like = "sha256:" + "0" * 64
+    assert normalise_scope(hash_like) == (
+        "sha256:" + hashlib.sha256(hash_like.encode()).hexdigest()
+    )
+
+
+@pytest.mark.parametrize("scope", [object(), {"a": 1}, True, b"tenant", 1.5, ["a"]])
+def test_normalise_scope_refuses_values_whose_text_may_change(scope):
+    with pytest.raises(TypeError):
+        normalise_scope(scope)
 
 
 factory = APIRequestFactory()

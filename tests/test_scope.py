@@ -3,11 +3,13 @@ identifies no client is refused instead of becoming one that all share."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from rest_framework.test import APIClient
 
 from idempotency.models import IdempotencyKey
@@ -78,6 +80,23 @@ class TestDefaultScope:
             scope=f"tests.testapp.views.PlainPrincipal:{user.pk}"
         ).exists()
 
+    def test_a_multi_table_child_is_the_principal_whose_row_it_extends(self, user):
+        from tests.testapp.models import Customer
+
+        customer = Customer(user_ptr=user, plan="gold")
+        customer.save_base(raw=True)  # the child's row, on the user's
+        key = str(uuid.uuid4())
+        as_principal(f"user:{user.username}", key)
+        retry = as_principal(f"customer:{user.username}", key)
+        assert retry["Idempotent-Replayed"] == "true"
+        assert IdempotencyKey.objects.get().scope == f"testapp.user:{user.pk}"
+
+    @pytest.mark.parametrize("pk", ["", "_"])
+    def test_a_principal_with_an_empty_primary_key_is_refused(self, db, pk):
+        # Two such principals would otherwise share the scope "<class>:".
+        assert_scope_missing(as_principal(f"blank:{pk}", "k"))
+        assert not IdempotencyKey.objects.exists()
+
     def test_a_principal_without_a_primary_key_is_refused(self, db, caplog):
         with caplog.at_level(logging.WARNING, logger="idempotency"):
             assert_scope_missing(as_principal("plain:", "k"))
@@ -99,6 +118,43 @@ class TestMissingScope:
         assert_scope_missing(response)
         assert not Execution.objects.exists()
         assert not IdempotencyKey.objects.exists()
+
+    @pytest.mark.parametrize(
+        ("kind", "stored"),
+        [
+            ("zero", "0"),  # a primary key may be 0
+            ("uuid", "12345678-1234-5678-1234-567812345678"),
+            # A scope that looks hashed is hashed, so that it cannot meet a
+            # long scope's hash.
+            ("hash-like", "sha256:" + hashlib.sha256(b"sha256:" + b"0" * 64).hexdigest()),
+        ],
+    )
+    def test_a_str_int_or_uuid_is_stored_as_text(self, db, kind, stored):
+        response = APIClient().post(
+            "/missing-scope/", {}, format="json", headers={"Idempotency-Key": "k", "X-Scope": kind}
+        )
+        assert response.status_code == 201
+        assert IdempotencyKey.objects.get().scope == stored
+
+    @pytest.mark.parametrize(
+        ("kind", "name"), [("object", "object"), ("dict", "dict"), ("true", "bool")]
+    )
+    def test_a_value_whose_text_may_change_is_a_configuration_error(self, db, kind, name):
+        # An object's default text holds its address: a retry would land in
+        # another scope and run the handler again.
+        with pytest.raises(ImproperlyConfigured) as excinfo:
+            APIClient().post(
+                "/missing-scope/",
+                {},
+                format="json",
+                headers={"Idempotency-Key": "k", "X-Scope": kind},
+            )
+        assert str(excinfo.value) == (
+            "The scope of tests.testapp.views.missing_scope is wrong: a scope must be a str, an "
+            f"int or a UUID, not {name}: the same client must get the same scope on every "
+            "request."
+        )
+        assert not Execution.objects.exists()
 
     def test_two_browsers_without_a_session_never_share_a_response(self, db):
         # The defect: both scopes were the string "None", and the second

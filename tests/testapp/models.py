@@ -47,3 +47,10 @@ class StaffUser(User):
 
     class Meta:
         proxy = True
+
+
+class Customer(User):
+    """A multi-table child of the user model: its primary key is the user's
+    row, so a customer is the same principal as the user it extends."""
+
+    plan = models.CharField(max_length=20, default="basic")
