@@ -37,10 +37,13 @@ _ACTIVE = "_idempotency_active"
 
 class _RolledBack(Exception):
     """Leaves the claim's transaction by rolling it back, carrying the answer
-    (the Redis store, with no transaction, catches it and stores a problem)."""
+    (the Redis store, with no transaction, catches it and stores a problem).
+    ``whole``: the handler rolled its own work back, and so must any
+    transaction around the claim's (ATOMIC_REQUESTS), as without the package."""
 
-    def __init__(self, response: HttpResponseBase) -> None:
+    def __init__(self, response: HttpResponseBase, whole: bool = False) -> None:
         self.response = response
+        self.whole = whole
 
 
 def protect(
@@ -120,6 +123,7 @@ def _protect_in_database(
     flight = accelerators.Flight(accelerator, info, alias, marker)
     store: DatabaseStore | None = None
     session = None
+    committing = False
     try:
         # Even building the store may ask the server (MySQL or MariaDB?).
         store = DatabaseStore(alias)
@@ -127,17 +131,24 @@ def _protect_in_database(
         with store.atomic():
             claim = store.claim(info, settings.LOCK_TIMEOUT)
             if claim.outcome is Outcome.CLAIMED:
-                return _execute(request, call, options, store, claim, flight)
+                response = _execute(request, call, options, store, claim, flight)
+            committing = True
     except _RolledBack as rolled_back:
+        if rolled_back.whole and store is not None and store.connection.in_atomic_block:
+            transaction.set_rollback(True, using=alias)
         return rolled_back.response
-    except DatabaseError:
+    except DatabaseError as exc:
         # Whatever the error's class (PostgreSQL reports a session ended for
         # idling as an InternalError), what matters is whether the session
         # survived it. If the database refused the connection, restarted or
         # ended this session, whatever the handler did either committed with
         # its stored response or vanished with the claim: a retry is safe.
-        # Errors on a live connection stay the 500 they are.
+        # Errors on a live connection stay the 500 they are, but one: the
+        # commit of the claim's own transaction lost to a concurrent one
+        # (SERIALIZABLE), which rolled everything back.
         if store is not None and store.session_alive(session):
+            if committing and store.conflict(exc):
+                return _conflict(request)
             raise
         logger.warning(
             "Database session lost during %s %s; answered 503.",
@@ -148,9 +159,21 @@ def _protect_in_database(
         return problems.DATABASE_UNAVAILABLE.response()
     finally:
         flight.end()
+    if claim.outcome is Outcome.CLAIMED:
+        return response
     if claim.outcome is Outcome.COMPLETED:
         flight.replayed(claim)
     return _answer(claim, info)
+
+
+def _conflict(request: Request) -> HttpResponseBase:
+    logger.info(
+        "%s %s conflicted with a concurrent transaction and was rolled back; answered 409.",
+        request.method,
+        request.path,
+        exc_info=True,
+    )
+    return problems.TRANSACTION_CONFLICT.response()
 
 
 def _execute(
@@ -173,7 +196,7 @@ def _execute(
         # or a database error it caught without a savepoint): its effects go
         # with the claim, nothing is stored, and the client gets the
         # handler's own answer, as it would without the decorator.
-        raise _RolledBack(response)
+        raise _RolledBack(response, whole=True)
     if stored is None:
         # Transient outcomes: undo the effects and leave the key free.
         transaction.set_rollback(True, using=store.alias)
@@ -182,6 +205,10 @@ def _execute(
         expires_at = store.complete(claim, stored, options.get_ttl())
     except ResponseTooLarge:
         raise _RolledBack(problems.RESPONSE_TOO_LARGE.response()) from None
+    except DatabaseError as exc:
+        if not store.conflict(exc):
+            raise
+        raise _RolledBack(_conflict(request)) from None
     if expires_at is None:
         raise _RolledBack(problems.IN_FLIGHT.response())
     flight.succeed(claim, stored, expires_at)
@@ -298,12 +325,14 @@ def _capture(
     """Run the handler and read its response as it will be stored, or
     ``None`` for a transient outcome (429, 5xx) that must not be."""
     response = _render(request, call())
+    status = response.status_code
+    transient = status == 429 or (status >= 500 and not settings.STORE_SERVER_ERRORS)
     # Drained here even when it will not be stored, so that a streaming
     # handler's work happens inside the database store's transaction, which
-    # may roll it back (raises _RolledBack past MAX_RESPONSE_BYTES).
-    body = _read_body(response, settings.MAX_RESPONSE_BYTES)
-    status = response.status_code
-    if status == 429 or (status >= 500 and not settings.STORE_SERVER_ERRORS):
+    # may roll it back (raises _RolledBack past MAX_RESPONSE_BYTES, a limit
+    # for what is stored: a transient answer is not).
+    body = _read_body(response, None if transient else settings.MAX_RESPONSE_BYTES)
+    if transient:
         return response, None
     replay_headers = settings.REPLAY_HEADERS
     stored = StoredResponse(
@@ -344,7 +373,7 @@ def _render(request: Request, response: HttpResponseBase) -> HttpResponseBase:
     return response
 
 
-def _read_body(response: HttpResponseBase, limit: int) -> bytes:
+def _read_body(response: HttpResponseBase, limit: int | None) -> bytes:
     """The response's body, read up to ``limit`` bytes.
 
     A stream is drained into memory and handed back to the same response, so
@@ -357,7 +386,7 @@ def _read_body(response: HttpResponseBase, limit: int) -> bytes:
     """
     if not response.streaming:
         body: bytes = response.content  # type: ignore[attr-defined]
-        if len(body) > limit:
+        if limit is not None and len(body) > limit:
             raise _RolledBack(problems.RESPONSE_TOO_LARGE.response())
         return body
     if response.is_async:  # type: ignore[attr-defined]
@@ -371,14 +400,14 @@ def _read_body(response: HttpResponseBase, limit: int) -> bytes:
     return body
 
 
-def _drain(chunks: Iterable[bytes], limit: int) -> bytes:
+def _drain(chunks: Iterable[bytes], limit: int | None) -> bytes:
     read = _Read(limit)
     for chunk in chunks:
         read.add(chunk)
     return read.body()
 
 
-async def _drain_async(chunks: AsyncIterable[bytes], limit: int) -> bytes:
+async def _drain_async(chunks: AsyncIterable[bytes], limit: int | None) -> bytes:
     read = _Read(limit)
     async for chunk in chunks:
         read.add(chunk)
@@ -390,16 +419,16 @@ async def _replay_async(body: bytes) -> AsyncIterator[bytes]:
 
 
 class _Read:
-    """A stream's chunks, refused past ``limit`` bytes."""
+    """A stream's chunks, refused past ``limit`` bytes if there is one."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self.size = 0
         self.chunks: list[bytes] = []
 
     def add(self, chunk: bytes) -> None:
         self.size += len(chunk)
-        if self.size > self.limit:
+        if self.limit is not None and self.size > self.limit:
             raise _RolledBack(problems.RESPONSE_TOO_LARGE.response())
         self.chunks.append(bytes(chunk))
 

@@ -177,11 +177,13 @@ def _delete_batch_sql(connection: BaseDatabaseWrapper) -> str:
     if connection.vendor == "mysql":
         # MySQL and MariaDB refuse LIMIT in an IN subquery, but delete
         # through a join with a derived table. STRAIGHT_JOIN makes the join
-        # start from the batch: starting from the table's expiry index would
-        # lock (and wait for) the rows the batch skipped.
+        # start from the batch, and FORCE INDEX look each row up by its
+        # primary key: ranging over the expiry index (which the optimizer
+        # may choose for each row) would lock, and wait for, the rows the
+        # batch skipped, such as one a request is taking over.
         return (
-            f"DELETE {table} FROM ({{select}}) AS batch STRAIGHT_JOIN {table}"
-            f" ON {table}.{pk} = batch.{pk} WHERE {table}.{expires_at} < %s"
+            f"DELETE {table} FROM ({{select}}) AS batch STRAIGHT_JOIN {table} FORCE INDEX"
+            f" (PRIMARY) ON {table}.{pk} = batch.{pk} WHERE {table}.{expires_at} < %s"
         )
     if connection.vendor == "postgresql":
         # ARRAY() runs the batch's SELECT once, before the DELETE looks up

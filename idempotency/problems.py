@@ -84,6 +84,13 @@ IN_FLIGHT = Problem(
     "A request with this {header} is still being processed. Retry after it has finished "
     "to receive its response.",
 )
+TRANSACTION_CONFLICT = Problem(
+    "transaction-conflict",
+    409,
+    "Request conflicted with another",
+    "This request conflicted with a concurrent one and was rolled back: it had no effect and "
+    "its response was not stored. Retry it with the same {header}.",
+)
 KEY_REUSED = Problem(
     "key-reused",
     422,

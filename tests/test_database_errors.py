@@ -58,7 +58,7 @@ def assert_database_unavailable(response) -> None:
 # The statement before which the session ends: the claim, the handler's own
 # write, and the stored response.
 PHASES = {
-    "claim": lambda sql: IdempotencyKey._meta.db_table in sql and "UPDATE" not in sql,
+    "claim": lambda sql: IdempotencyKey._meta.db_table in sql and not sql.startswith("UPDATE"),
     "handler": lambda sql: Execution._meta.db_table in sql,
     "store": lambda sql: IdempotencyKey._meta.db_table in sql and sql.startswith("UPDATE"),
 }

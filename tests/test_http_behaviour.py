@@ -516,6 +516,18 @@ class TestLargeAndStreamingResponses:
         assert post(client, "k", url=f"{URL}?{query}").content == first.content
         assert Execution.objects.count() == 1
 
+    @pytest.mark.parametrize("query", STREAMS)
+    @override_settings(IDEMPOTENCY={"MAX_RESPONSE_BYTES": 2000})
+    def test_a_transient_answer_over_the_limit_is_the_handlers_own(self, client, query):
+        # It is never stored, so the limit for what is stored does not apply.
+        key = new_key()
+        response = post(client, key, url=f"{URL}?{query}&status=503")
+        assert response.status_code == 503
+        assert streamed(response) == b"x" * 2500
+        assert not IdempotencyKey.objects.exists()
+        assert post(client, key, url=f"{URL}?{query}&status=503").status_code == 503
+        assert not Execution.objects.exists()  # a transient answer's effects roll back
+
     @override_settings(IDEMPOTENCY={"MAX_RESPONSE_BYTES": 2000})
     def test_a_body_at_the_limit_is_stored(self, client):
         key = new_key()

@@ -29,6 +29,7 @@ urlpatterns = [
     path("taken-over/", views.taken_over),
     path("principal/", views.principal),
     path("rolls-back/", views.rolls_back),
+    path("write-skew/", views.write_skew),
     path("deferred-scope/", deferred.deferred_scope),
     path("missing-scope/", views.missing_scope),
     path("by-session-key/", views.by_session_key),

@@ -47,7 +47,7 @@ from datetime import timezone as dt_timezone
 from typing import Any, cast
 
 from django.conf import settings as django_settings
-from django.db import IntegrityError, OperationalError, connections, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field
 from django.utils import timezone
@@ -146,6 +146,9 @@ class Statements:
     complete_row: str = ""  # PostgreSQL: the same, by ctid and id
     lock: str = ""  # MariaDB: a shared lock on the record of (scope, key), if any
     claim: str = ""  # the dialect's claim, built from the above
+    # PostgreSQL at SERIALIZABLE: a claim that takes an expired record over
+    # in the same statement (see PostgreSQLDialect.claim_sql).
+    claim_and_take_over: str = ""
     take_over: str = ""  # the dialect's takeover, built from ``update``
 
 
@@ -178,6 +181,11 @@ class DatabaseStore:
             and self.dialect.alive(self.connection)
         )
 
+    def conflict(self, exc: DatabaseError) -> bool:
+        """Whether ``exc`` is a conflict with a concurrent transaction, after
+        which this one can only be rolled back whole."""
+        return self.dialect.conflict(exc)
+
     def rolled_back(self) -> bool:
         """Whether the claim's transaction can only roll back now: the
         handler marked it (``transaction.set_rollback(True)``, or an error
@@ -193,7 +201,7 @@ class DatabaseStore:
         try:
             return self._claim(info, lock_timeout)
         except OperationalError as exc:
-            if not self.dialect.outdated_snapshot(exc):
+            if not self.dialect.conflict(exc):
                 raise
             # REPEATABLE READ or SERIALIZABLE, and the transaction's snapshot
             # was taken (under ATOMIC_REQUESTS, by the request's first read)
@@ -247,8 +255,11 @@ class DatabaseStore:
             # In flight, or (PostgreSQL) another transaction holds the key's
             # lock and may be renewing this expired record.
             return Claim(Outcome.IN_FLIGHT)
-        if self.dialect.take_over(self, record.pk, params, info).result == CLAIMED:
-            return Claim(Outcome.CLAIMED, token=(record.pk, info.now, None), record_id=record.pk)
+        taken = self.dialect.take_over(self, record.pk, params, info)
+        if taken.result == CLAIMED:
+            return Claim(
+                Outcome.CLAIMED, token=(record.pk, info.now, taken.row), record_id=record.pk
+            )
         # Taken over, renewed or purged since we read it: in flight, or free
         # again for the client's retry.
         return Claim(Outcome.IN_FLIGHT)
@@ -350,6 +361,7 @@ def _statements(connection: BaseDatabaseWrapper, dialect: Dialect) -> Statements
         _STATEMENTS[cache_key] = dataclasses.replace(
             statements,
             claim=dialect.claim_sql(statements, column),
+            claim_and_take_over=dialect.claim_sql(statements, column, take_over=True),
             complete_row=dialect.complete_row_sql(statements, column),
             take_over=dialect.take_over_sql(statements),
         )
@@ -378,7 +390,9 @@ class Dialect(abc.ABC):
     BINARY_PLACEHOLDER = "%s"
 
     @abc.abstractmethod
-    def claim_sql(self, sql: Statements, column: Callable[[str], str]) -> str: ...
+    def claim_sql(
+        self, sql: Statements, column: Callable[[str], str], take_over: bool = False
+    ) -> str: ...
 
     def take_over_sql(self, sql: Statements) -> str:
         return sql.update
@@ -386,9 +400,11 @@ class Dialect(abc.ABC):
     def complete_row_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
         return ""
 
-    def outdated_snapshot(self, exc: OperationalError) -> bool:
-        """Whether ``exc`` says that the transaction's snapshot predates a
-        committed write of the record it tried to write or lock."""
+    def conflict(self, exc: DatabaseError) -> bool:
+        """Whether ``exc`` says that the transaction lost to a concurrent one
+        and was (or must be) rolled back whole: a snapshot that predates a
+        committed write of the record it meant to write, a serialization
+        failure, a deadlock."""
         return False
 
     def fetch(self, store: DatabaseStore, info: RequestInfo) -> Record | None:
@@ -441,29 +457,49 @@ class PostgreSQLDialect(Dialect):
     def aborted(self, connection: BaseDatabaseWrapper) -> bool:
         return bool(connection.connection.info.transaction_status == self.IN_ERROR)
 
-    def claim_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
-        # One statement answers every case: it takes the key's advisory lock,
-        # inserts the claim when it holds the lock, and reads the committed
-        # record (all a replay needs) only when there was one in the way.
-        # Inserting first matters at SERIALIZABLE: the read would take a
-        # predicate lock on the unique index's page, where concurrent claims
-        # of other keys insert theirs, and fail them at commit. ON CONFLICT
-        # checks the index without one. (A replay that takes the lock burns
-        # an id.) OFFSET 0 keeps the read a subquery of its own, which the
-        # One-Time Filter skips when the insert succeeded.
+    def claim_sql(
+        self, sql: Statements, column: Callable[[str], str], take_over: bool = False
+    ) -> str:
+        # One statement answers every case: it takes the key's advisory lock;
+        # holding it, it inserts the claim; and it reads the record in the
+        # way (all a replay needs) only when there was one. Inserting first
+        # matters at SERIALIZABLE: a read of the unique index takes a
+        # predicate lock on its page, where concurrent claims of other keys
+        # insert theirs, and would fail them at commit; ON CONFLICT finds the
+        # record in the way without one. (A claim that meets a record burns
+        # an id.) OFFSET 0 keeps the read a subquery of its own, which a
+        # One-Time Filter skips when the insert happened.
+        #
+        # ``take_over``: at SERIALIZABLE the takeover of an expired record
+        # must not read it first either (the update rewrites index entries
+        # that the read locked, and concurrent takeovers of other keys would
+        # fail at commit): ON CONFLICT DO UPDATE takes it over in the same
+        # statement. It locks the record in the way even when it has not
+        # expired, so a replay then writes a row lock (and waits for its
+        # commit to reach the disk): other levels read first, and take over
+        # with a statement of its own.
+        columns = [column(name) for name in COLUMNS]
+        if take_over:
+            action = (
+                f"UPDATE SET ({', '.join(columns)}) = "
+                f"({', '.join(f'EXCLUDED.{name}' for name in columns)})"
+                f" WHERE {sql.table}.{column('expires_at')} < %s"
+            )
+        else:
+            action = "NOTHING"
         return (
             "WITH claim AS ("
             " SELECT pg_try_advisory_xact_lock(%s) AS acquired,"
             " set_config('idle_in_transaction_session_timeout', %s, true)"
-            "), inserted AS ("
-            f" INSERT INTO {sql.table} ({', '.join(column(name) for name in COLUMNS)})"
+            "), claimed AS ("
+            f" INSERT INTO {sql.table} ({', '.join(columns)})"
             f" SELECT {', '.join(['%s'] * len(COLUMNS))} FROM claim"
             " WHERE claim.acquired"
-            f" ON CONFLICT ({column('scope')}, {column('key')}) DO NOTHING"
+            f" ON CONFLICT ({column('scope')}, {column('key')}) DO {action}"
             f" RETURNING {column('id')}, ctid"
-            f") SELECT claim.acquired, inserted.{column('id')}, inserted.ctid::text,"
-            " existing.* FROM claim LEFT JOIN inserted ON true LEFT JOIN LATERAL ("
-            f"{sql.select} AND inserted.{column('id')} IS NULL OFFSET 0"
+            f") SELECT claim.acquired, claimed.{column('id')}, claimed.ctid::text,"
+            " existing.* FROM claim LEFT JOIN claimed ON true LEFT JOIN LATERAL ("
+            f"{sql.select} AND claimed.{column('id')} IS NULL OFFSET 0"
             ") existing ON true"
         )
 
@@ -471,14 +507,27 @@ class PostgreSQLDialect(Dialect):
         by_id = f" WHERE {column('id')} = %s"
         return sql.complete.replace(by_id, f" WHERE ctid = %s::tid AND {column('id')} = %s")
 
-    # "could not serialize access": a row written (ON CONFLICT, UPDATE) by a
-    # transaction that committed after this one's snapshot was taken.
-    SERIALIZATION_FAILURE = "40001"
+    def take_over_sql(self, sql: Statements) -> str:
+        # The row's new address, to store the response by (see complete()).
+        return f"{sql.update} RETURNING ctid::text"
 
-    def outdated_snapshot(self, exc: OperationalError) -> bool:
+    def take_over(
+        self, store: DatabaseStore, pk: int, params: list[Any], info: RequestInfo
+    ) -> Attempt:
+        with store.connection.cursor() as cursor:
+            cursor.execute(store.sql.take_over, takeover_params(store, pk, params, info))
+            row = cursor.fetchone()
+        return Attempt(CLAIMED, pk, row=row[0]) if row else Attempt(GONE, pk)
+
+    # "could not serialize access" (a row written, by ON CONFLICT or UPDATE,
+    # by a transaction that committed after this one's snapshot was taken; or
+    # read/write dependencies at SERIALIZABLE), and "deadlock detected".
+    CONFLICTS = frozenset({"40001", "40P01"})
+
+    def conflict(self, exc: DatabaseError) -> bool:
         cause = exc.__cause__  # psycopg 3 names the SQLSTATE sqlstate, psycopg2 pgcode
         code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-        return bool(code == self.SERIALIZATION_FAILURE)
+        return code in self.CONFLICTS
 
     def insert(
         self, store: DatabaseStore, params: list[Any], info: RequestInfo, lock_timeout: timedelta
@@ -486,17 +535,25 @@ class PostgreSQLDialect(Dialect):
         # The setting is an int4 of milliseconds; the checks keep LOCK_TIMEOUT
         # within it, and the clamp keeps a skipped check from failing requests.
         idle_ms = str(min(max(1, int(lock_timeout / timedelta(milliseconds=1))), 2**31 - 1))
+        from django.db.backends.postgresql.psycopg_any import IsolationLevel
+
+        head = [advisory_lock_id(info), idle_ms, *params]
+        # The level Django asks for (OPTIONS["isolation_level"]), as its
+        # backend read it; set it even where it is the server's default.
+        level = store.connection.isolation_level  # type: ignore[attr-defined]
+        if level == IsolationLevel.SERIALIZABLE:
+            sql = store.sql.claim_and_take_over
+            head.append(store.connection.ops.adapt_datetimefield_value(info.now))
+        else:
+            sql = store.sql.claim
         with store.connection.cursor() as cursor:
-            cursor.execute(
-                store.sql.claim,
-                [advisory_lock_id(info), idle_ms, *params, *store.select_params(info)],
-            )
+            cursor.execute(sql, [*head, *store.select_params(info)])
             acquired, pk, row, *existing = cursor.fetchone()
         if pk is not None:
             return Attempt(CLAIMED, pk, row=row)
-        # The committed record this statement's snapshot saw, if any. Holding
-        # the lock, no other transaction can be writing the key, so the record
-        # may be taken over if it has expired.
+        # The committed record this statement's snapshot saw, if any: one
+        # that has not expired, or (without the lock) one that another
+        # request may be renewing right now.
         record = None if existing[0] is None else Record.from_row(tuple(existing))
         return Attempt(EXISTS if acquired else SHARED, record=record)
 
@@ -539,20 +596,27 @@ class MariaDBDialect(Dialect):
         data = bytes(value)
         return len(data) + sum(data.count(char) for char in self.ESCAPED) + 10
 
-    def claim_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
+    def claim_sql(
+        self, sql: Statements, column: Callable[[str], str], take_over: bool = False
+    ) -> str:
         return self.NO_WAIT + sql.insert
 
     def take_over_sql(self, sql: Statements) -> str:
-        return self.NO_WAIT + sql.update
+        # By the primary key only: on a small table the optimizer may range
+        # over the expiry index instead, and lock other keys' expired rows,
+        # which their own takeovers then meet (a false 409).
+        return self.NO_WAIT + sql.update.replace(
+            f"UPDATE {sql.table} SET", f"UPDATE {sql.table} FORCE INDEX (PRIMARY) SET", 1
+        )
 
     # Error 1020 (ER_CHECKREAD, "Record has changed since last read"): with
     # innodb_snapshot_isolation=ON (the default from MariaDB 11.6.2), a
-    # locking read or write of a record committed after the read view; InnoDB
-    # rolls back the whole transaction.
-    RECORD_CHANGED = 1020
+    # locking read or write of a record committed after the read view; and
+    # 1213, a deadlock. InnoDB rolls back the whole transaction for both.
+    CONFLICTS = frozenset({1020, 1213})
 
-    def outdated_snapshot(self, exc: OperationalError) -> bool:
-        return bool(exc.args) and exc.args[0] == self.RECORD_CHANGED
+    def conflict(self, exc: DatabaseError) -> bool:
+        return bool(exc.args) and exc.args[0] in self.CONFLICTS
 
     def fetch(self, store: DatabaseStore, info: RequestInfo) -> Record | None:
         record = store._fetch(info)
@@ -623,7 +687,9 @@ class SQLiteDialect(Dialect):
     that can meet the lock: once it has run, this transaction holds the
     database's write lock, so a takeover after it never waits."""
 
-    def claim_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
+    def claim_sql(
+        self, sql: Statements, column: Callable[[str], str], take_over: bool = False
+    ) -> str:
         return f"{sql.insert} ON CONFLICT ({column('scope')}, {column('key')}) DO NOTHING"
 
     def insert(

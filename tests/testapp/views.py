@@ -557,10 +557,36 @@ def refuse(request, how: str) -> Response:
     return Response({"detail": f"refused ({how})"}, status=400)
 
 
+class WritesBeforeTheHandler(BasePermission):
+    """A write of the request's own before the handler runs (an audit row),
+    in the request's transaction under ATOMIC_REQUESTS."""
+
+    def has_permission(self, request, view):
+        Execution.objects.create(label="before-the-handler", key=storable_key(request))
+        return True
+
+
 @api_view(["POST"])
+@permission_classes([IsAuthenticated, WritesBeforeTheHandler])
 @idempotent
 def rolls_back(request):
     how = request.data.get("rollback")
     if how:
         return refuse(request, how)
     return behave(request, "rolls-back")
+
+
+@api_view(["POST"])
+@idempotent
+def write_skew(request):
+    """Reads what the other request of a pair writes, and writes what it
+    reads: at SERIALIZABLE, one of the pair must lose. Held by
+    ``?barrier=<name>`` after its read and after its write."""
+    seen = Execution.objects.filter(label="write-skew").count()
+    barrier = BARRIERS.get(request.query_params.get("barrier", ""))
+    if barrier is not None:
+        barrier.wait(timeout=10)
+    Execution.objects.create(label="write-skew", key=storable_key(request))
+    if barrier is not None:
+        barrier.wait(timeout=10)
+    return Response({"seen": seen}, status=201)
