@@ -95,26 +95,37 @@ class Accelerator:
         if self.failed:
             return
         value = redis.encode(redis.COMPLETED, "", fingerprint, response, record=record_id)
-        self._put(self._key(info), value, record_id, expires_at, "copy")
+        try:
+            self._put(self._key(info), value, record_id, expires_at, redis.COMPLETED)
+        except self.errors as exc:
+            self._fall_back("copy", exc)
 
     def forget(self, scope: str, key: str, record_id: int, expires_at: datetime) -> None:
-        """Replace the copy of a record deleted from the database by a
-        tombstone that lives as long as any copy of it could: a request that
-        read the record before its deletion committed cannot put its copy
-        back after it."""
+        """Replace the copy of a record being deleted from the database by a
+        tombstone that lives as long as any copy of it could: no request that
+        read the record before its deletion committed can put its copy back.
+
+        Raises :class:`CopyNotForgotten` if Redis cannot be told: the
+        deletion must not go ahead while Redis may go on replaying it."""
         value = redis.encode(redis.DELETED, "", "", record=record_id)
         key_name = redis.record_key(self.namespace, scope, key)
-        self._put(key_name, value, record_id, expires_at, "forget")
+        try:
+            self._put(key_name, value, record_id, expires_at, redis.DELETED)
+        except self.errors as exc:
+            self._fall_back("forget", exc)
+            raise CopyNotForgotten(
+                f"The copy in Redis of the idempotency record {record_id} could not be "
+                f"replaced by a tombstone ({type(exc).__name__}: {exc}), so its deletion was "
+                "refused: Redis would go on replaying a record the database no longer has. "
+                "Delete it again once Redis answers, or turn the accelerator off "
+                "(IDEMPOTENCY['REDIS_ACCELERATOR'] = False)."
+            ) from exc
 
     def _put(
-        self, key: str, value: bytes, record_id: int, expires_at: datetime, step: str
+        self, key: str, value: bytes, record_id: int, expires_at: datetime, kind: str
     ) -> None:
         left = redis.milliseconds(expires_at - timezone.now())
-        kind = redis.DELETED if step == "forget" else redis.COMPLETED
-        try:
-            self.redis.eval(redis.PUT, 1, key, value, left, str(record_id), kind)
-        except self.errors as exc:
-            self._fall_back(step, exc)
+        self.redis.eval(redis.PUT, 1, key, value, left, str(record_id), kind)
 
     def forget_all(self) -> int:
         """Drop every copy and marker of this database; return how many."""
@@ -141,13 +152,17 @@ class Accelerator:
         _rest(self.cache_alias, f"{step}: {type(exc).__name__}: {exc}")
 
 
-def for_database(database: str) -> Accelerator | None:
+class CopyNotForgotten(Exception):
+    """A record cannot be deleted: Redis could not be told to drop its copy."""
+
+
+def for_database(database: str, even_resting: bool = False) -> Accelerator | None:
     """The accelerator of ``database``, if ``IDEMPOTENCY`` turns it on and
-    Redis has not just failed."""
+    Redis has not just failed (or ``even_resting``)."""
     alias = settings.REDIS_ACCELERATOR
     if alias is None:
         return None
-    if time.monotonic() < _resting.get(alias, 0.0):
+    if not even_resting and time.monotonic() < _resting.get(alias, 0.0):
         return None
     try:
         return Accelerator(alias, database)
@@ -157,24 +172,23 @@ def for_database(database: str) -> Accelerator | None:
 
 
 def forget_deleted(sender: type, instance: Any, using: str, **kwargs: Any) -> None:
-    """``post_delete`` of a record (the admin, a shell; the purge deletes
-    only expired records, whose copies have expired too): a key freed by
-    hand must not go on being replayed from Redis. Once the deletion has
-    committed: until then, the database still replays the record, and a
-    retry may copy it again."""
-    scope, key, record_id, expires_at = (
-        instance.scope,
-        instance.key,
-        instance.pk,
-        instance.expires_at,
-    )
+    """``pre_delete`` of a record (a shell, your own code; the purge deletes
+    only expired records, whose copies have expired too, and the admin only
+    in-flight ones, which have none): a key freed by hand must not go on
+    being replayed from Redis.
 
-    def forget() -> None:
-        accelerator = for_database(using)
-        if accelerator is not None:
-            accelerator.forget(scope, key, record_id, expires_at)
-
-    transaction.on_commit(forget, using=using, robust=True)
+    Before the deletion, and whatever the accelerator's rest after an error:
+    a tombstone, unlike a dropped copy, also keeps a request that reads the
+    record until the deletion commits from copying it back; and if Redis
+    cannot take it, the deletion is refused (``CopyNotForgotten``) rather
+    than leave a copy behind. If the deletion then rolls back, the record is
+    only replayed by the database until it expires."""
+    try:
+        accelerator = for_database(using, even_resting=True)
+    except Exception as exc:  # a cache that cannot be used at all
+        raise CopyNotForgotten(f"The accelerator's cache cannot be used: {exc}") from exc
+    if accelerator is not None:
+        accelerator.forget(instance.scope, instance.key, instance.pk, instance.expires_at)
 
 
 def forget_database(sender: Any, using: str, **kwargs: Any) -> None:

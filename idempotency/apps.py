@@ -11,7 +11,7 @@ class IdempotencyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_delete, post_migrate
+        from django.db.models.signals import post_migrate, pre_delete
 
         from .accelerator import forget_database, forget_deleted
         from .backends.redis import prepare as prepare_redis
@@ -26,7 +26,7 @@ class IdempotencyConfig(AppConfig):
         from .models import IdempotencyKey
 
         # Copies in Redis must not outlive their records (accelerator.py).
-        post_delete.connect(forget_deleted, sender=IdempotencyKey, dispatch_uid="idempotency")
+        pre_delete.connect(forget_deleted, sender=IdempotencyKey, dispatch_uid="idempotency")
         post_migrate.connect(forget_database, sender=self, dispatch_uid="idempotency")
 
         checks.register(check_settings)

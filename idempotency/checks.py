@@ -197,7 +197,7 @@ def check_database(
             )
         ]
     if dialect is MARIADB:
-        return _packet_fits(alias, max_allowed_packet(connection))
+        return _packet_fits(alias, max_allowed_packet(connection, fresh=True))
     return []
 
 

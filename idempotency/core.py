@@ -289,7 +289,8 @@ def _protect_in_redis(
 LATE_COMPLETIONS = {
     redis.Completion.STORED_LATE: (
         logging.WARNING,
-        "but no other request claimed its key meanwhile, so its response was stored",
+        "but no other request holds its key now, so its response was stored (had another "
+        "claimed the key meanwhile and failed, the handler ran twice)",
     ),
     redis.Completion.TAKEN_OVER: (
         logging.ERROR,

@@ -15,6 +15,7 @@ from django.utils import timezone
 from model_bakery import baker
 from rest_framework.test import APIClient
 
+from idempotency.backends.database import MAX_ALLOWED_PACKETS
 from idempotency.models import IdempotencyKey
 from tests.testapp.models import Execution
 
@@ -465,6 +466,26 @@ def streamed(response) -> bytes:
 STREAMS = ["stream=2500", "stream=2500&async=1"]
 
 
+@pytest.fixture
+def small_packet(transactional_db):
+    """MariaDB with max_allowed_packet at 256 KiB, for new connections, and
+    the package's reading of it forgotten; restored afterwards."""
+    connection = connections["default"]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT @@global.max_allowed_packet")
+        (original,) = cursor.fetchone()
+        cursor.execute("SET GLOBAL max_allowed_packet = 262144")
+    connection.close()
+    MAX_ALLOWED_PACKETS.clear()
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SET GLOBAL max_allowed_packet = %s", [original])
+        connection.close()
+        MAX_ALLOWED_PACKETS.clear()
+
+
 class TestLargeAndStreamingResponses:
     @pytest.mark.parametrize("query", STREAMS)
     def test_a_stream_is_stored_and_replayed(self, client, query):
@@ -506,6 +527,19 @@ class TestLargeAndStreamingResponses:
             assert_problem(post(client, "k", url=f"{URL}?{query}"), TOO_LARGE)
         assert not Execution.objects.exists()
         assert not IdempotencyKey.objects.exists()
+
+    @pytest.mark.vendor("mysql")
+    @override_settings(IDEMPOTENCY={"MAX_RESPONSE_BYTES": 1024 * 1024})
+    def test_a_server_whose_packet_is_below_a_mebibyte_is_measured_too(
+        self, client, small_packet
+    ):
+        # 256 KiB: a response of 300,000 bytes cannot be stored, though it is
+        # below MAX_RESPONSE_BYTES; one of 100,000 can.
+        assert_problem(post(client, "big", url=f"{URL}?size=300000"), TOO_LARGE)
+        assert not Execution.objects.exists()
+        first = post(client, "small", url=f"{URL}?size=100000")
+        assert first.status_code == 200
+        assert post(client, "small", url=f"{URL}?size=100000").content == first.content
 
     @pytest.mark.vendor("mysql")
     @override_settings(IDEMPOTENCY={"MAX_RESPONSE_BYTES": 64 * 1024 * 1024})

@@ -346,31 +346,48 @@ def test_a_record_deleted_by_hand_is_replayed_no_more(user, redis_db):
     assert send(user, key).content == again.content
 
 
-def test_a_deletion_drops_the_copy_when_it_commits(user, redis_db):
+def test_a_retry_while_the_deletion_commits_never_gets_the_deleted_record(user, redis_db):
     key = new_key()
-    send(user, key)
+    first = send(user, key)
     with transaction.atomic():
         IdempotencyKey.objects.get(key=key).delete()
-        # Until the deletion commits, the record is still there for others
-        # (a retry on another connection replays it), and so is its copy.
-        in_another_thread(lambda: send(user, key))
-        assert states(redis_db) == ["completed"]
-    assert states(redis_db) == ["deleted"]
+        assert states(redis_db) == ["deleted"]
+        # Sent while the deletion is uncommitted: the database makes it wait
+        # for the deletion (PostgreSQL) or answers 409 (MariaDB, SQLite).
+        retry = Threads([lambda: send(user, key)])
+        time.sleep(0.2)
+    (during,) = retry.join()
+    assert during.status_code in (201, 409)
+    assert during.content != first.content
     again = send(user, key)
-    assert "Idempotent-Replayed" not in again
+    assert again.content != first.content
     assert executions(key) == 2
 
 
-def test_a_deletion_that_rolls_back_keeps_the_copy(user, redis_db):
+def test_a_deletion_that_rolls_back_leaves_the_database_to_replay(user, redis_db):
     key = new_key()
-    send(user, key)
+    first = send(user, key)
     with transaction.atomic():
         IdempotencyKey.objects.get(key=key).delete()
         transaction.set_rollback(True)
-    assert states(redis_db) == ["completed"]
-    with Queries() as queries:
-        assert send(user, key)["Idempotent-Replayed"] == "true"
-    assert len(queries) == 0
+    # The tombstone stays until the record would have expired: the database
+    # replays it, and no copy comes back meanwhile.
+    replay = send(user, key)
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
+    assert states(redis_db) == ["deleted"]
+    assert executions(key) == 1
+
+
+def test_a_deletion_while_the_accelerator_rests_still_replaces_the_copy(user, redis_db):
+    key = new_key()
+    send(user, key)
+    accelerator._rest("idempotency", "a Redis error a moment ago")
+    IdempotencyKey.objects.get(key=key).delete()
+    assert states(redis_db) == ["deleted"]
+    accelerator._resting.clear()
+    assert "Idempotent-Replayed" not in send(user, key)
+    assert executions(key) == 2
 
 
 @pytest.mark.vendor("postgresql")  # elsewhere the replay's read locks the row
@@ -526,13 +543,32 @@ def test_forgetting_a_database_covers_any_number_of_keys(redis_db):
     assert redis_db.dbsize() == 1
 
 
-def test_forgetting_while_redis_is_away_is_logged(user, proxy, redis_db, caplog):
+def test_a_deletion_while_redis_is_away_is_refused(user, proxy, redis_db, caplog):
+    # Its copy would go on being replayed: the deletion waits for Redis.
     key = new_key()
     send(user, key)
     proxy.cut()
-    IdempotencyKey.objects.get(key=key).delete()
+    record = IdempotencyKey.objects.get(key=key)
+    with pytest.raises(accelerator.CopyNotForgotten) as excinfo:
+        record.delete()
+    assert str(excinfo.value).startswith(
+        f"The copy in Redis of the idempotency record {record.pk} could not be replaced by a "
+        "tombstone (ConnectionError: "
+    )
+    assert str(excinfo.value).endswith(
+        "so its deletion was refused: Redis would go on replaying a record the database no "
+        "longer has. Delete it again once Redis answers, or turn the accelerator off "
+        "(IDEMPOTENCY['REDIS_ACCELERATOR'] = False)."
+    )
+    assert IdempotencyKey.objects.filter(key=key).exists()
     assert "Redis unavailable (forget" in caplog.text
-    accelerator._resting.clear()
-    caplog.clear()
+    proxy.restore()
+    record.delete()
+    assert "Idempotent-Replayed" not in send(user, key)
+
+
+def test_forgetting_a_database_while_redis_is_away_is_logged(user, proxy, redis_db, caplog):
+    send(user, new_key())
+    proxy.cut()
     emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
     assert "Redis unavailable (forget" in caplog.text

@@ -385,9 +385,10 @@ def test_a_late_worker_whose_key_nobody_took_still_stores_its_response(
     assert late_log(caplog) == [
         (
             "WARNING",
-            f"POST {URL} outlived its lease (LOCK_TIMEOUT) but no other request claimed its key "
-            "meanwhile, so its response was stored. Raise LOCK_TIMEOUT above the slowest "
-            "handler of backend='redis' views.",
+            f"POST {URL} outlived its lease (LOCK_TIMEOUT) but no other request holds its key "
+            "now, so its response was stored (had another claimed the key meanwhile and "
+            "failed, the handler ran twice). Raise LOCK_TIMEOUT above the slowest handler of "
+            "backend='redis' views.",
         )
     ]
 
@@ -600,7 +601,22 @@ def test_without_redis_py_installed_views_fail_as_misconfigured(client, monkeypa
     with pytest.raises(ImproperlyConfigured) as excinfo:
         post(client, key)
     assert str(excinfo.value).startswith("The 'idempotency' cache cannot be used: ")
-    assert str(excinfo.value).endswith("`manage.py check` reports this (idempotency.E018, E024).")
+    assert str(excinfo.value).endswith(
+        "`manage.py check` reports this (idempotency.E018, E019, E024)."
+    )
+    assert runs(key) == 0
+
+
+@pytest.mark.parametrize("backend", ["django_redis.cache.RedisCach", "no_such_module.Cache"])
+def test_a_cache_backend_that_cannot_be_imported_is_no_outage(client, backend):
+    caches = {**django_settings.CACHES, "typo": {"BACKEND": backend, "LOCATION": "x"}}
+    key = new_key()
+    with (
+        override_settings(CACHES=caches, IDEMPOTENCY={"REDIS": "typo"}),
+        pytest.raises(ImproperlyConfigured) as excinfo,
+    ):
+        post(client, key)
+    assert str(excinfo.value).startswith("The 'typo' cache cannot be used: ")
     assert runs(key) == 0
 
 

@@ -576,17 +576,13 @@ class MariaDBDialect(Dialect):
 
     # The statement storing a response must fit in the server's
     # max_allowed_packet: past it MariaDB drops the connection, and the
-    # request would roll back and answer 503 "retry" on every attempt. Any
-    # statement this small fits every server's default (1 MiB before 10.2.4,
-    # 16 MiB since); a larger one is measured against the session's limit,
-    # read once per connection.
-    SURELY_FITS = 1024 * 1024
+    # request would roll back and answer 503 "retry" on every attempt.
     # What mysqlclient escapes with a backslash inside a quoted literal.
     ESCAPED = tuple(bytes([byte]) for byte in b"\x00\n\r\x1a'\"\\")
 
     def fits(self, connection: BaseDatabaseWrapper, sql: str, params: list[Any]) -> bool:
         size = len(sql) + sum(self._escaped_size(param) for param in params)
-        return size <= self.SURELY_FITS or size <= max_allowed_packet(connection)
+        return size <= max_allowed_packet(connection)
 
     def _escaped_size(self, value: Any) -> int:
         if isinstance(value, str):
@@ -707,17 +703,25 @@ class SQLiteDialect(Dialect):
             return Attempt(BUSY)
 
 
-def max_allowed_packet(connection: BaseDatabaseWrapper) -> int:
-    """The largest statement MariaDB accepts on this connection, read once
-    per session (clients cannot change it for their own session)."""
-    raw = connection.connection
-    known = getattr(connection, "_idempotency_max_allowed_packet", None)
-    if raw is None or known is None or known[0] is not raw:
+def max_allowed_packet(connection: BaseDatabaseWrapper, fresh: bool = False) -> int:
+    """The largest statement the MariaDB server of ``connection`` accepts.
+
+    Read once per process and database: it is a global of the server that
+    a session cannot change, and reading it on every new connection would
+    cost a statement per request where connections are not kept. A server
+    reconfigured meanwhile is seen by processes started after it (and by the
+    system checks, which read it ``fresh``).
+    """
+    where = connection.settings_dict
+    known = (connection.alias, where.get("HOST"), where.get("PORT"), where.get("NAME"))
+    if fresh or known not in MAX_ALLOWED_PACKETS:
         with connection.cursor() as cursor:
             cursor.execute("SELECT @@max_allowed_packet")
-            known = (connection.connection, int(cursor.fetchone()[0]))
-        connection._idempotency_max_allowed_packet = known  # type: ignore[attr-defined]
-    return int(known[1])
+            MAX_ALLOWED_PACKETS[known] = int(cursor.fetchone()[0])
+    return MAX_ALLOWED_PACKETS[known]
+
+
+MAX_ALLOWED_PACKETS: dict[tuple[Any, ...], int] = {}
 
 
 def _sqlite_locked(exc: OperationalError) -> bool:

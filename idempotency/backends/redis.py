@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from django.core.cache import InvalidCacheBackendError
 from django.core.exceptions import ImproperlyConfigured
 
 from ..conf import settings
@@ -124,10 +125,13 @@ def connection(alias: str | None) -> Any:
 
         client = get_redis_connection(alias, write=True)
         decodes = client.get_connection_kwargs().get("decode_responses")
-    except ImportError as exc:
+    except (ImportError, InvalidCacheBackendError) as exc:
+        # A module that cannot be imported (django-redis missing, a typo in
+        # the cache's BACKEND or CLIENT_CLASS): no outage, and no retry will
+        # cure it.
         raise ImproperlyConfigured(
             f"The {alias!r} cache cannot be used: {exc}. `manage.py check` reports this "
-            "(idempotency.E018, E024)."
+            "(idempotency.E018, E019, E024)."
         ) from exc
     except Exception as exc:
         # Whatever django-redis or a custom client class raises for its
