@@ -567,6 +567,21 @@ def test_a_deletion_while_redis_is_away_is_refused(user, proxy, redis_db, caplog
     assert "Idempotent-Replayed" not in send(user, key)
 
 
+def test_a_deletion_with_a_cache_that_cannot_be_used_is_refused(user, redis_db):
+    key = new_key()
+    send(user, key)
+    caches = {**django_settings.CACHES, "typo": {"BACKEND": "no_such_module.Cache"}}
+    with (
+        override_settings(CACHES=caches, IDEMPOTENCY={"REDIS": "typo"}),
+        pytest.raises(accelerator.CopyNotForgotten) as excinfo,
+    ):
+        IdempotencyKey.objects.get(key=key).delete()
+    assert str(excinfo.value).startswith(
+        "The accelerator's cache cannot be used: The 'typo' cache cannot be used: "
+    )
+    assert IdempotencyKey.objects.filter(key=key).exists()
+
+
 def test_forgetting_a_database_while_redis_is_away_is_logged(user, proxy, redis_db, caplog):
     send(user, new_key())
     proxy.cut()

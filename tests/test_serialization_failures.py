@@ -36,19 +36,29 @@ def serializable():
 
 
 class Order:
-    """Holds the second request at the store (before or after the statement
-    that stores its response) until the first has committed."""
+    """Orders the two requests of a pair around the statement that stores
+    their responses: ``store``, the second stores its response only once the
+    first has committed; ``commit``, both have stored theirs before the first
+    commits, and the second commits after it."""
 
     def __init__(self, where: str) -> None:
         self.where = where
         self.first_done = threading.Event()
+        self.second_stored = threading.Event()
         self.complete = DatabaseStore("default").sql.complete_row
 
-    def __call__(self, execute, sql, params, many, context):
+    def first(self, execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql == self.complete and self.where == "commit":
+            assert self.second_stored.wait(timeout=10)
+        return result
+
+    def second(self, execute, sql, params, many, context):
         if sql == self.complete and self.where == "store":
             assert self.first_done.wait(timeout=10)
         result = execute(sql, params, many, context)
         if sql == self.complete and self.where == "commit":
+            self.second_stored.set()
             assert self.first_done.wait(timeout=10)
         return result
 
@@ -63,12 +73,13 @@ def test_the_loser_of_a_write_skew_gets_a_retryable_409(user, serializable, wher
 
     def first():
         try:
-            return send(user, first_key, url)
+            with connections["default"].execute_wrapper(order.first):
+                return send(user, first_key, url)
         finally:
             order.first_done.set()
 
     def second():
-        with connections["default"].execute_wrapper(order):
+        with connections["default"].execute_wrapper(order.second):
             return send(user, second_key, url)
 
     with caplog.at_level(logging.INFO, logger="idempotency"):
