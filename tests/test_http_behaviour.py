@@ -530,9 +530,7 @@ class TestLargeAndStreamingResponses:
 
     @pytest.mark.vendor("mysql")
     @override_settings(IDEMPOTENCY={"MAX_RESPONSE_BYTES": 1024 * 1024})
-    def test_a_server_whose_packet_is_below_a_mebibyte_is_measured_too(
-        self, client, small_packet
-    ):
+    def test_a_server_whose_packet_is_below_a_mebibyte_is_measured_too(self, client, small_packet):
         # 256 KiB: a response of 300,000 bytes cannot be stored, though it is
         # below MAX_RESPONSE_BYTES; one of 100,000 can.
         assert_problem(post(client, "big", url=f"{URL}?size=300000"), TOO_LARGE)
