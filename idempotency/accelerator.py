@@ -24,15 +24,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 from django.db import connections, transaction
 from django.utils import timezone
 
-from .backends import redis
-from .backends.base import Claim, RequestInfo, StoredResponse
+from .backends import base
+from .backends.base import Claim, Completion, Outcome, RequestInfo, Store, StoredResponse
+from .backends.redis import scripts
+from .backends.redis.client import Unusable, connection, errors
+from .backends.redis.records import COMPLETED, DELETED, Mine, encode, namespace_pattern, record_key
 from .conf import settings
+from .problems import Problem
+
+if TYPE_CHECKING:
+    from .backends.database import DatabaseStore
 
 logger = logging.getLogger("idempotency")
 
@@ -46,14 +54,14 @@ class Accelerator:
 
     def __init__(self, cache_alias: str, database: str) -> None:
         self.cache_alias = cache_alias
-        self.redis = redis.connection(cache_alias)
+        self.redis = connection(cache_alias)
         self.namespace = f"db:{database}:{_identity(database)}"
-        self.errors = redis.errors()
+        self.errors = errors()
         self.failed = False  # once Redis failed, this request leaves it alone
 
     def lookup(
         self, info: RequestInfo, lock_timeout: timedelta
-    ) -> tuple[Claim | None, redis.Mine | None]:
+    ) -> tuple[Claim | None, Mine | None]:
         """What Redis knows of the key, or ``None`` (ask the database) and
         the in-flight marker this request set, in one round trip.
 
@@ -63,19 +71,19 @@ class Accelerator:
         replaced it."""
         lifetime = min(lock_timeout, MARKER_LIFETIME)
         try:
-            found = redis.claim_or_read(self.redis, self._key(info), info.fingerprint, lifetime)
+            found = scripts.claim_or_read(self.redis, self._key(info), info.fingerprint, lifetime)
         except self.errors as exc:
             self._fall_back("read", exc)
             return None, None
-        if isinstance(found, redis.Mine):
+        if isinstance(found, Mine):
             return None, found
         # A value this package cannot read: the database answers, and the
         # copy of its answer replaces it.
         return found, None
 
-    def unmark(self, marker: redis.Mine) -> None:
+    def unmark(self, marker: Mine) -> None:
         try:
-            redis.release(self.redis, marker)
+            scripts.release(self.redis, marker)
         except self.errors as exc:
             # The marker expires soon; until then duplicates get a 409 they
             # may retry.
@@ -94,9 +102,9 @@ class Accelerator:
         been deleted since it was read."""
         if self.failed:
             return
-        value = redis.encode(redis.COMPLETED, "", fingerprint, response, record=record_id)
+        value = encode(COMPLETED, "", fingerprint, response, record=record_id)
         try:
-            self._put(self._key(info), value, record_id, expires_at, redis.COMPLETED)
+            self._put(self._key(info), value, record_id, expires_at, COMPLETED)
         except self.errors as exc:
             self._fall_back("copy", exc)
 
@@ -107,10 +115,10 @@ class Accelerator:
 
         Raises :class:`CopyNotForgotten` if Redis cannot be told: the
         deletion must not go ahead while Redis may go on replaying it."""
-        value = redis.encode(redis.DELETED, "", "", record=record_id)
-        key_name = redis.record_key(self.namespace, scope, key)
+        value = encode(DELETED, "", "", record=record_id)
+        key_name = record_key(self.namespace, scope, key)
         try:
-            self._put(key_name, value, record_id, expires_at, redis.DELETED)
+            self._put(key_name, value, record_id, expires_at, DELETED)
         except self.errors as exc:
             self._fall_back("forget", exc)
             raise CopyNotForgotten(
@@ -124,15 +132,14 @@ class Accelerator:
     def _put(
         self, key: str, value: bytes, record_id: int, expires_at: datetime, kind: str
     ) -> None:
-        left = redis.milliseconds(expires_at - timezone.now())
-        self.redis.eval(redis.PUT, 1, key, value, left, str(record_id), kind)
+        scripts.put(self.redis, key, value, expires_at - timezone.now(), record_id, kind)
 
     def forget_all(self) -> int:
         """Drop every copy and marker of this database; return how many."""
         forgotten = 0
         try:
             batch: list[bytes] = []
-            pattern = redis.namespace_pattern(self.namespace)
+            pattern = namespace_pattern(self.namespace)
             for key in self.redis.scan_iter(match=pattern, count=1000):
                 batch.append(key)
                 if len(batch) == 1000:
@@ -145,7 +152,7 @@ class Accelerator:
         return forgotten
 
     def _key(self, info: RequestInfo) -> str:
-        return redis.record_key(self.namespace, info.scope, info.key)
+        return record_key(self.namespace, info.scope, info.key)
 
     def _fall_back(self, step: str, exc: Exception) -> None:
         self.failed = True
@@ -166,39 +173,9 @@ def for_database(database: str, even_resting: bool = False) -> Accelerator | Non
         return None
     try:
         return Accelerator(alias, database)
-    except redis.Unusable as exc:
+    except Unusable as exc:
         _rest(alias, str(exc))
         return None
-
-
-def forget_deleted(sender: type, instance: Any, using: str, **kwargs: Any) -> None:
-    """``pre_delete`` of a record (a shell, your own code; the purge deletes
-    only expired records, whose copies have expired too, and the admin only
-    in-flight ones, which have none): a key freed by hand must not go on
-    being replayed from Redis.
-
-    Before the deletion, and whatever the accelerator's rest after an error:
-    a tombstone, unlike a dropped copy, also keeps a request that reads the
-    record until the deletion commits from copying it back; and if Redis
-    cannot take it, the deletion is refused (``CopyNotForgotten``) rather
-    than leave a copy behind. If the deletion then rolls back, the record is
-    only replayed by the database until it expires."""
-    try:
-        accelerator = for_database(using, even_resting=True)
-    except Exception as exc:  # a cache that cannot be used at all
-        raise CopyNotForgotten(f"The accelerator's cache cannot be used: {exc}") from exc
-    if accelerator is not None:
-        accelerator.forget(instance.scope, instance.key, instance.pk, instance.expires_at)
-
-
-def forget_database(sender: Any, using: str, **kwargs: Any) -> None:
-    """``post_migrate``: after ``migrate``, ``flush`` or a test database's
-    creation or flush, the database may hold other records than Redis has
-    copies of (a restored backup, a recreated test database under the same
-    name). Its copies go."""
-    accelerator = for_database(using)
-    if accelerator is not None:
-        accelerator.forget_all()
 
 
 def _identity(database: str) -> str:
@@ -229,55 +206,107 @@ def _rest(alias: str, what: str) -> None:
     )
 
 
-class Flight:
-    """One request, as the accelerator follows it: marked in flight by the
-    lookup, copied once its stored response commits, unmarked otherwise."""
+def accelerate(store: DatabaseStore) -> Store:
+    """``store`` with the accelerator in front, if ``IDEMPOTENCY`` turns it
+    on for its database and Redis has not just failed; else ``store``."""
+    accelerator = for_database(store.alias)
+    if accelerator is None:
+        return store
+    return AcceleratedStore(store, accelerator)
 
-    def __init__(
-        self,
-        accelerator: Accelerator | None,
-        info: RequestInfo,
-        database: str,
-        marker: redis.Mine | None,
-    ) -> None:
+
+class AcceleratedStore(Store):
+    """The database store, with the accelerator in front of it: one request,
+    marked in flight by the lookup, copied once its stored response commits,
+    unmarked otherwise. The database store decides every claim."""
+
+    def __init__(self, inner: DatabaseStore, accelerator: Accelerator) -> None:
+        self.inner = inner
         self.accelerator = accelerator
+        self.info: RequestInfo | None = None
+        self.marker: Mine | None = None
+        self.fail_open = inner.fail_open
+
+    @property
+    def transactional(self) -> bool:  # type: ignore[override]
+        return self.inner.transactional
+
+    @property
+    def unavailable(self) -> Problem:  # type: ignore[override]
+        return self.inner.unavailable
+
+    @property
+    def outage(self) -> str:  # type: ignore[override]
+        return self.inner.outage
+
+    def lookup(self, info: RequestInfo) -> Claim | None:
+        """Before anything touches the database: a replay from Redis needs
+        no connection at all."""
         self.info = info
-        self.database = database
-        self.marker = marker
+        known, self.marker = self.accelerator.lookup(info, settings.LOCK_TIMEOUT)
+        return known
 
-    def succeed(self, claim: Claim, response: StoredResponse, expires_at: datetime) -> None:
-        """The response is stored in the claim's transaction."""
-        assert claim.record_id is not None
-        self._copy_on_commit(claim.record_id, self.info.fingerprint, response, expires_at)
+    def unit(self) -> AbstractContextManager[None]:
+        return self.inner.unit()
 
-    def replayed(self, claim: Claim) -> None:
-        """The database answered from a record Redis had no copy of (it was
-        flushed, restarted or evicted one): put the copy back."""
-        assert claim.response is not None
-        assert claim.expires_at is not None
+    def claim(self, info: RequestInfo, lease: timedelta) -> Claim:
+        self.info = info
+        claim = self.inner.claim(info, lease)
+        if claim.outcome is Outcome.COMPLETED:
+            # The database answers from a record Redis had no copy of (it
+            # was flushed, restarted or evicted one): put the copy back.
+            assert claim.response is not None
+            assert claim.expires_at is not None
+            assert claim.record_id is not None
+            self._copy_on_commit(
+                claim.record_id, claim.fingerprint, claim.response, claim.expires_at
+            )
+        return claim
+
+    def complete(self, claim: Claim, response: StoredResponse, ttl: timedelta) -> Completion:
+        info = self.info
+        assert info is not None
+        try:
+            expires_at = self.inner.keep(claim, response, ttl)
+        except base.ResponseTooLarge:
+            return Completion.TOO_LARGE
+        if expires_at is None:
+            return Completion.TAKEN_OVER
         assert claim.record_id is not None
-        self._copy_on_commit(claim.record_id, claim.fingerprint, claim.response, claim.expires_at)
+        self._copy_on_commit(claim.record_id, info.fingerprint, response, expires_at)
+        return Completion.STORED
+
+    def release(self, claim: Claim) -> None:
+        self.inner.release(claim)
+
+    def rolled_back(self) -> bool:
+        return self.inner.rolled_back()
+
+    def roll_back_around(self) -> None:
+        self.inner.roll_back_around()
+
+    def failure(self, exc: Exception, storing: bool) -> base.Failure | None:
+        return self.inner.failure(exc, storing)
+
+    def end(self) -> None:
+        """Remove this request's marker, unless a copy replaced it already.
+        Under an outer transaction the copy comes with its commit; until
+        then the database answers duplicates itself."""
+        if self.marker is not None:
+            self.accelerator.unmark(self.marker)
+            self.marker = None
+        self.inner.end()
 
     def _copy_on_commit(
         self, record_id: int, fingerprint: str, response: StoredResponse, expires_at: datetime
     ) -> None:
         # Only once (and if) the record is known to be committed: an outer
         # transaction (ATOMIC_REQUESTS, a test case) may still roll it back.
-        accelerator = self.accelerator
-        if accelerator is None:
-            return
+        accelerator, info = self.accelerator, self.info
+        assert info is not None
 
         def copy() -> None:
             self.marker = None  # the copy replaces it
-            accelerator.remember(self.info, record_id, fingerprint, response, expires_at)
+            accelerator.remember(info, record_id, fingerprint, response, expires_at)
 
-        transaction.on_commit(copy, using=self.database, robust=True)
-
-    def end(self) -> None:
-        """Called once the claim's ``atomic`` block has been left: remove
-        this request's marker, unless a copy replaced it already. Under an
-        outer transaction the copy comes with its commit; until then the
-        database answers duplicates itself."""
-        if self.accelerator is not None and self.marker is not None:
-            self.accelerator.unmark(self.marker)
-            self.marker = None
+        transaction.on_commit(copy, using=self.inner.alias, robust=True)

@@ -13,7 +13,6 @@ class IdempotencyConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_migrate, pre_delete
 
-        from .accelerator import forget_database, forget_deleted
         from .backends.redis import prepare as prepare_redis
         from .checks import (
             check_database,
@@ -24,8 +23,9 @@ class IdempotencyConfig(AppConfig):
         )
         from .conf import settings
         from .models import IdempotencyKey
+        from .receivers import forget_database, forget_deleted
 
-        # Copies in Redis must not outlive their records (accelerator.py).
+        # Copies in Redis must not outlive their records (receivers.py).
         pre_delete.connect(forget_deleted, sender=IdempotencyKey, dispatch_uid="idempotency")
         post_migrate.connect(forget_database, sender=self, dispatch_uid="idempotency")
 

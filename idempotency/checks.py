@@ -17,8 +17,8 @@ from django.db import connections
 from django.urls import get_resolver
 from django.utils.module_loading import import_string
 
-from .backends import redis
 from .backends.database import MARIADB, UnsupportedDatabase, dialect_for, max_allowed_packet
+from .backends.redis import client as redis
 from .conf import (
     BACKENDS,
     DEFAULTS,

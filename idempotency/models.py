@@ -11,23 +11,29 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+# The module, not its names: the database package reads this module's model
+# (when called, never when imported), so either may be imported first.
+from .backends.database import dialects
+
 
 class ExactCharField(models.CharField):  # type: ignore[type-arg]
-    """A ``CharField`` compared byte for byte on every database.
-
-    MySQL and MariaDB compare text case-insensitively under their default
-    collations, which would make ``abc`` and ``ABC`` one key (one client's
-    new request would be answered with another's replay). PostgreSQL and
-    SQLite compare exactly already.
+    """A ``CharField`` compared byte for byte on every database: under the
+    collation its database's dialect names (MariaDB's default ones would
+    make ``abc`` and ``ABC`` one key, and one client's new request would be
+    answered with another's replay). PostgreSQL and SQLite compare exactly
+    already.
     """
 
     def db_parameters(self, connection: Any) -> dict[str, Any]:
         parameters = super().db_parameters(connection)
-        if connection.vendor == "mysql":
-            # Binary and NO PAD: utf8mb4_bin would also make "a" equal "a ".
-            parameters["collation"] = (
-                "utf8mb4_nopad_bin" if connection.mysql_is_mariadb else "utf8mb4_0900_bin"
-            )
+        try:
+            collation = dialects.dialect_for(connection).KEY_COLLATION
+        except dialects.UnsupportedDatabase:
+            # The checks refuse such a database (before ``migrate`` creates
+            # the table): its columns keep their defaults.
+            return parameters
+        if collation is not None:
+            parameters["collation"] = collation
         return parameters
 
 
@@ -168,26 +174,12 @@ class IdempotencyKey(models.Model):
 
 
 def _delete_batch_sql(connection: BaseDatabaseWrapper) -> str:
-    """``DELETE`` the rows that ``{select}`` chooses, if still expired."""
+    """``DELETE`` the rows that ``{select}`` chooses, if still expired: in
+    the dialect's words, which differ by what each database's planner does."""
     quote = connection.ops.quote_name
-    table = quote(IdempotencyKey._meta.db_table)
     meta = IdempotencyKey._meta
-    pk = quote(cast(str, cast(models.Field, meta.pk).column))  # type: ignore[type-arg]
-    expires_at = quote(cast(str, cast(models.Field, meta.get_field("expires_at")).column))  # type: ignore[type-arg]
-    if connection.vendor == "mysql":
-        # MySQL and MariaDB refuse LIMIT in an IN subquery, but delete
-        # through a join with a derived table. STRAIGHT_JOIN makes the join
-        # start from the batch, and FORCE INDEX look each row up by its
-        # primary key: ranging over the expiry index (which the optimizer
-        # may choose for each row) would lock, and wait for, the rows the
-        # batch skipped, such as one a request is taking over.
-        return (
-            f"DELETE {table} FROM ({{select}}) AS batch STRAIGHT_JOIN {table} FORCE INDEX"
-            f" (PRIMARY) ON {table}.{pk} = batch.{pk} WHERE {table}.{expires_at} < %s"
-        )
-    if connection.vendor == "postgresql":
-        # ARRAY() runs the batch's SELECT once, before the DELETE looks up
-        # each id by primary key. With IN, the planner may hash-join the
-        # batch against a scan of the whole table, once per batch.
-        return f"DELETE FROM {table} WHERE {pk} = ANY(ARRAY({{select}})) AND {expires_at} < %s"
-    return f"DELETE FROM {table} WHERE {pk} IN ({{select}}) AND {expires_at} < %s"
+    return dialects.dialect_for(connection).delete_batch_sql(
+        table=quote(meta.db_table),
+        pk=quote(cast(str, cast(models.Field, meta.pk).column)),  # type: ignore[type-arg]
+        expires_at=quote(cast(str, cast(models.Field, meta.get_field("expires_at")).column)),  # type: ignore[type-arg]
+    )

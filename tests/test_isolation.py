@@ -595,7 +595,8 @@ def test_a_locking_read_that_meets_a_lock_leaves_the_answer_to_a_retry(user, tra
                 assert locked.wait(timeout=10)
                 store = DatabaseStore("default")
                 info = RequestInfo("s", key, "f", "POST", "/", timezone.now())
-                assert MARIADB.fetch(store, info) is None
+                params = store.parameters(info, timedelta(seconds=1))
+                assert MARIADB.fetch(store.connection, store.sql, params) is None
             finally:
                 release.set()
                 holder.join(timeout=10)

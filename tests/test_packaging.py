@@ -100,7 +100,8 @@ def test_wheel_contents(wheel):
         "idempotency/management/__init__.py",
         "idempotency/management/commands/__init__.py",
         "idempotency/management/commands/purge_idempotency_keys.py",
-        "idempotency/backends/database.py",
+        "idempotency/backends/database/__init__.py",
+        "idempotency/backends/database/postgresql.py",
     ]:
         assert name in names
     dist_info = f"django_idempotency-{idempotency.__version__}.dist-info/"

@@ -22,8 +22,7 @@ from django_redis import get_redis_connection
 from rest_framework.test import APIClient
 
 from idempotency.backends import redis as redis_backend
-from idempotency.backends.base import Claim, Outcome, RequestInfo, StoredResponse
-from idempotency.backends.redis import Completion
+from idempotency.backends.base import Claim, Completion, Outcome, RequestInfo, StoredResponse
 from tests.concurrency import Threads, assert_one_original, tally
 from tests.redis_proxy import RedisProxy, caches_with, other_database
 from tests.testapp.views import OUTSIDE_RUNS
@@ -464,7 +463,7 @@ def test_compare_and_set_scripts_check_the_owner(redis_db):
     assert second.outcome is Outcome.CLAIMED
     response = StoredResponse(201, [("Content-Type", "text/plain")], b"late")
     assert store.complete(first, response, timedelta(hours=1)) is Completion.TAKEN_OVER
-    assert store.release(first) is False
+    store.release(first)
     # The second owner's claim is intact, and only its owner completes it.
     assert store.claim(info, timedelta(seconds=30)).outcome is Outcome.IN_FLIGHT
     mine = StoredResponse(201, [], b"mine")
@@ -478,8 +477,9 @@ def test_compare_and_set_scripts_check_the_owner(redis_db):
     other = info_for(new_key())
     claim = store.claim(other, timedelta(seconds=30))
     stale = dataclasses.replace(claim.token, owner="0" * 32)
-    assert store.release(Claim(Outcome.CLAIMED, token=stale)) is False
-    assert store.release(claim) is True
+    store.release(Claim(Outcome.CLAIMED, token=stale))
+    assert store.claim(other, timedelta(seconds=30)).outcome is Outcome.IN_FLIGHT
+    store.release(claim)
     assert store.claim(other, timedelta(seconds=30)).outcome is Outcome.CLAIMED
     # Something this package did not write holds the key: not ours either.
     store.redis.set(claim.token.key, b"not a record")

@@ -1,0 +1,157 @@
+"""PostgreSQL: a duplicate learns from the key's advisory lock, taken in the
+claim statement itself, that the key is in flight."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.db import DatabaseError
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from .base import Attempt, Dialect, Result
+from .statements import COLUMNS, Params, Record, Statements
+
+
+class PostgreSQLDialect(Dialect):
+    def alive(self, connection: BaseDatabaseWrapper) -> bool:
+        # Not is_usable(): its SELECT 1 also fails on a live session whose
+        # transaction an earlier error aborted (an outer ATOMIC_REQUESTS
+        # block), which is the application's 500, not an outage. psycopg 3
+        # marks a lost connection closed and broken; psycopg 2 closed (2).
+        raw = connection.connection
+        return not raw.closed and not getattr(raw, "broken", False)
+
+    # libpq's PQTRANS_INERROR, as both psycopg 3 and psycopg 2 (2.8+) report
+    # it in connection.info.transaction_status: read without a round trip.
+    IN_ERROR = 3
+
+    def aborted(self, connection: BaseDatabaseWrapper) -> bool:
+        return bool(connection.connection.info.transaction_status == self.IN_ERROR)
+
+    def claim_sql(
+        self, sql: Statements, column: Callable[[str], str], take_over: bool = False
+    ) -> str:
+        # One statement answers every case: it takes the key's advisory lock;
+        # holding it, it inserts the claim; and it reads the record in the
+        # way (all a replay needs) only when there was one. Inserting first
+        # matters at SERIALIZABLE: a read of the unique index takes a
+        # predicate lock on its page, where concurrent claims of other keys
+        # insert theirs, and would fail them at commit; ON CONFLICT finds the
+        # record in the way without one. (A claim that meets a record burns
+        # an id.) OFFSET 0 keeps the read a subquery of its own, which a
+        # One-Time Filter skips when the insert happened.
+        #
+        # ``take_over``: at SERIALIZABLE the takeover of an expired record
+        # must not read it first either (the update rewrites index entries
+        # that the read locked, and concurrent takeovers of other keys would
+        # fail at commit): ON CONFLICT DO UPDATE takes it over in the same
+        # statement. It locks the record in the way even when it has not
+        # expired, so a replay then writes a row lock (and waits for its
+        # commit to reach the disk): other levels read first, and take over
+        # with a statement of its own.
+        #
+        # The statement also sets idle_in_transaction_session_timeout to
+        # LOCK_TIMEOUT for this transaction only: a worker that hangs or
+        # vanishes without closing its connection loses its claim (and the
+        # key's lock) once its lease is over.
+        columns = [column(name) for name in COLUMNS]
+        if take_over:
+            action = (
+                f"UPDATE SET ({', '.join(columns)}) = "
+                f"({', '.join(f'EXCLUDED.{name}' for name in columns)})"
+                f" WHERE {sql.table}.{column('expires_at')} < %(now)s"
+            )
+        else:
+            action = "NOTHING"
+        return (
+            "WITH claim AS ("
+            " SELECT pg_try_advisory_xact_lock(%(lock)s) AS acquired,"
+            " set_config('idle_in_transaction_session_timeout', %(idle)s, true)"
+            "), claimed AS ("
+            f" INSERT INTO {sql.table} ({', '.join(columns)})"
+            f" SELECT {', '.join(f'%({name})s' for name in COLUMNS)} FROM claim"
+            " WHERE claim.acquired"
+            f" ON CONFLICT ({column('scope')}, {column('key')}) DO {action}"
+            f" RETURNING {column('id')}, ctid"
+            f") SELECT claim.acquired, claimed.{column('id')}, claimed.ctid::text,"
+            " existing.* FROM claim LEFT JOIN claimed ON true LEFT JOIN LATERAL ("
+            f"{sql.select} AND claimed.{column('id')} IS NULL OFFSET 0"
+            ") existing ON true"
+        )
+
+    def complete_row_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
+        by_id = f" WHERE {column('id')} = %(id)s"
+        return sql.complete.replace(
+            by_id, f" WHERE ctid = %(row)s::tid AND {column('id')} = %(id)s"
+        )
+
+    def take_over_sql(self, sql: Statements) -> str:
+        # The row's new address, to store the response by (see the store's keep()).
+        return f"{sql.update} RETURNING ctid::text"
+
+    def delete_batch_sql(self, table: str, pk: str, expires_at: str) -> str:
+        # ARRAY() runs the batch's SELECT once, before the DELETE looks up
+        # each id by primary key. With IN, the planner may hash-join the
+        # batch against a scan of the whole table, once per batch.
+        return f"DELETE FROM {table} WHERE {pk} = ANY(ARRAY({{select}})) AND {expires_at} < %s"
+
+    # "could not serialize access" (a row written, by ON CONFLICT or UPDATE,
+    # by a transaction that committed after this one's snapshot was taken; or
+    # read/write dependencies at SERIALIZABLE), and "deadlock detected".
+    CONFLICTS = frozenset({"40001", "40P01"})
+
+    def conflict(self, exc: DatabaseError) -> bool:
+        cause = exc.__cause__  # psycopg 3 names the SQLSTATE sqlstate, psycopg2 pgcode
+        code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        return code in self.CONFLICTS
+
+    def insert(
+        self, connection: BaseDatabaseWrapper, sql: Statements, params: Params, lease: timedelta
+    ) -> Attempt:
+        from django.db.backends.postgresql.psycopg_any import IsolationLevel
+
+        # The setting is an int4 of milliseconds; the checks keep LOCK_TIMEOUT
+        # within it, and the clamp keeps a skipped check from failing requests.
+        idle_ms = min(max(1, int(lease / timedelta(milliseconds=1))), 2**31 - 1)
+        params = {
+            **params,
+            "lock": advisory_lock_id(params["scope"], params["key"]),
+            "idle": str(idle_ms),
+        }
+        # The level Django asks for (OPTIONS["isolation_level"]), as its
+        # backend read it; set it even where it is the server's default.
+        level = connection.isolation_level  # type: ignore[attr-defined]
+        statement = sql.claim_and_take_over if level == IsolationLevel.SERIALIZABLE else sql.claim
+        with connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            acquired, pk, row, *existing = cursor.fetchone()
+        if pk is not None:
+            return Attempt(Result.CLAIMED, pk, row=row)
+        # The committed record this statement's snapshot saw, if any: one
+        # that has not expired, or (without the lock) one that another
+        # request may be renewing right now.
+        record = None if existing[0] is None else Record.from_row(tuple(existing))
+        return Attempt(Result.EXISTS if acquired else Result.SHARED, record=record)
+
+    def take_over(
+        self, connection: BaseDatabaseWrapper, sql: Statements, params: Params
+    ) -> Attempt:
+        with connection.cursor() as cursor:
+            cursor.execute(sql.take_over, params)
+            row = cursor.fetchone()
+        if row is None:
+            return Attempt(Result.GONE, params["id"])
+        return Attempt(Result.CLAIMED, params["id"], row=row[0])
+
+
+def advisory_lock_id(scope: str, key: str) -> int:
+    """A signed 64-bit lock id for (scope, key). A collision between two keys
+    only makes one of them answer 409 for a moment; it can never run a handler
+    twice, because the unique constraint still guards the row."""
+    digest = hashlib.sha256(f"{scope}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+POSTGRESQL = PostgreSQLDialect()
