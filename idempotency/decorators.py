@@ -1,16 +1,26 @@
-"""``@idempotent``: run a DRF handler at most once per Idempotency-Key."""
+"""``@idempotent``: run a view's handler at most once per Idempotency-Key.
+
+It protects DRF handlers (``APIView`` and ViewSet methods, ``@action``,
+``@api_view`` functions, and adrf's async ones) and plain Django views
+(functions and class-based views' methods), sync or ``async def``.
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+import inspect
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
+from asgiref.sync import iscoroutinefunction
+from django.contrib.auth.decorators import user_passes_test
+from django.http import HttpRequest
+from django.middleware.csrf import CsrfViewMiddleware
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from .core import protect
+from .core import aprotect, protect
 from .options import REDIS_BACKEND_VIEWS, FingerprintFunc, Options, ScopeFunc
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,7 +55,9 @@ def idempotent(
     backend: str | None = None,
 ) -> F | Callable[[F], F]:
     """Protect an ``APIView`` method, a ViewSet action, an ``@action`` or an
-    ``@api_view`` function (placed under ``@api_view``).
+    ``@api_view`` function (placed under ``@api_view``), or a plain Django
+    view function or method (placed under ``@login_required``,
+    ``@csrf_protect`` and the like), sync or ``async def``.
 
     Usable bare (``@idempotent``) or with options that override the
     ``IDEMPOTENCY`` settings for this handler: ``ttl`` (a ``timedelta`` or
@@ -71,10 +83,20 @@ def idempotent(
         if options.backend == "redis":
             REDIS_BACKEND_VIEWS.add(f"{handler.__module__}.{handler.__qualname__}")
 
-        @functools.wraps(handler)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            request = _find_request(handler, args)
-            return protect(request, lambda: handler(*args, **kwargs), resolved)
+        wrapper: Callable[..., Any]
+        if iscoroutinefunction(handler):
+
+            @functools.wraps(handler)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                request = _find_request(handler, args)
+                return await aprotect(request, lambda: handler(*args, **kwargs), resolved)
+
+        else:
+
+            @functools.wraps(handler)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                request = _find_request(handler, args)
+                return protect(request, lambda: handler(*args, **kwargs), resolved)
 
         setattr(wrapper, OPTIONS_ATTRIBUTE, resolved)
         return wrapper  # type: ignore[return-value]
@@ -82,12 +104,34 @@ def idempotent(
     return decorator(func) if func is not None else decorator
 
 
-def _refuse_wrong_target(handler: Callable[..., Any]) -> None:
+def _refuse_wrong_target(handler: Any) -> None:
+    """Refuse, when the module is imported, what ``@idempotent`` cannot
+    protect, with the fix."""
     if isinstance(handler, type):
+        if issubclass(handler, APIView):
+            fix = (
+                "To protect every unsafe method of a view class, add "
+                "idempotency.mixins.IdempotentMixin to its bases."
+            )
+        else:
+            fix = (
+                "Decorate its handler method instead (@idempotent above def post), or the "
+                'class with @method_decorator(idempotent, name="post").'
+            )
         raise TypeError(
             f"@idempotent decorates handler methods and functions, not classes such as "
-            f"{handler.__name__}. To protect every unsafe method of a view class, add "
-            f"idempotency.mixins.IdempotentMixin to its bases."
+            f"{handler.__name__}. {fix}"
+        )
+    if not callable(handler):
+        raise TypeError(
+            f"@idempotent decorates a view function or a handler method, not {handler!r}. "
+            "Use it bare (@idempotent) or with keyword options (@idempotent(ttl=3600))."
+        )
+    if inspect.isgeneratorfunction(handler) or inspect.isasyncgenfunction(handler):
+        raise TypeError(
+            f"@idempotent cannot protect {handler.__qualname__}: it is a generator, whose "
+            "work would run after the response is stored. Return a response (a "
+            "StreamingHttpResponse over the generator is drained and stored in full)."
         )
     view_class = getattr(handler, "cls", None)
     if isinstance(view_class, type) and issubclass(view_class, APIView):
@@ -99,15 +143,81 @@ def _refuse_wrong_target(handler: Callable[..., Any]) -> None:
             f"    def {view_class.__name__}(request):\n"
             "        ..."
         )
+    if getattr(handler, "__name__", None) == "dispatch":
+        raise TypeError(
+            "@idempotent cannot protect dispatch(), which runs before a DRF view "
+            "authenticates the request. Decorate the handler methods (post, put, ...) or "
+            "add idempotency.mixins.IdempotentMixin to the view's bases."
+        )
+    checker = _checker_inside(handler)
+    if checker is not None:
+        name = getattr(handler, "__name__", "view")
+        raise TypeError(
+            f"@idempotent was placed above @{checker} on {name}, so a replay would be sent "
+            f"before @{checker} runs. Place @idempotent underneath, next to the function:\n\n"
+            f"    @{checker}\n"
+            "    @idempotent\n"
+            f"    def {name}(request):\n"
+            "        ..."
+        )
 
 
-def _find_request(handler: Callable[..., Any], args: tuple[Any, ...]) -> Request:
+def _checker_inside(handler: Callable[..., Any]) -> str | None:
+    """The Django decorator that authenticates or checks the CSRF token, if
+    ``handler`` is already wrapped in one: protection must come after it."""
+    seen: Any = handler
+    while seen is not None:
+        code = getattr(seen, "__code__", None)
+        if code is not None and code in _USER_TESTS:
+            return "login_required"
+        if any(isinstance(value, CsrfViewMiddleware) for value in _closed_over(seen, depth=2)):
+            return "csrf_protect"
+        seen = getattr(seen, "__wrapped__", None)
+    return None
+
+
+def _closed_over(func: Any, depth: int) -> Iterator[Any]:
+    """What ``func`` closes over, and what the functions among that close
+    over, ``depth`` levels deep (``csrf_protect``'s middleware is kept by the
+    helpers its wrapper calls)."""
+    for cell in getattr(func, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        yield value
+        if depth > 1 and inspect.isfunction(value):
+            yield from _closed_over(value, depth - 1)
+
+
+def _code_of_user_tests() -> frozenset[Any]:
+    """The code of the wrappers that ``login_required``, ``permission_required``
+    and ``user_passes_test`` make, sync and async: every wrapper shares it."""
+
+    def view(request: HttpRequest) -> None: ...
+
+    async def async_view(request: HttpRequest) -> None: ...
+
+    test = user_passes_test(lambda user: True)
+    return frozenset(test(func).__code__ for func in (view, async_view))  # type: ignore[type-var]
+
+
+_USER_TESTS = _code_of_user_tests()
+
+
+def _find_request(handler: Callable[..., Any], args: tuple[Any, ...]) -> HttpRequest:
     # Function views get the request first; methods get it after ``self``.
     for candidate in args[:2]:
         if isinstance(candidate, Request):
             return candidate
+    for candidate in args[:2]:
+        if isinstance(candidate, HttpRequest):
+            if args and isinstance(args[0], APIView):
+                # Django's request in a DRF view: DRF has not authenticated it.
+                break
+            return candidate
     raise TypeError(
-        f"@idempotent on {handler.__qualname__} did not receive a Django REST framework "
-        f"Request. It protects APIView and ViewSet methods and @api_view functions; a plain "
-        f"Django view must be turned into one of those first."
+        f"@idempotent on {handler.__qualname__} did not receive a request. It protects "
+        f"DRF handler methods, @api_view functions and plain Django view functions and "
+        f"methods, which receive the request as their first argument after self."
     )

@@ -1,4 +1,4 @@
-"""The request fingerprint: what makes a retry "the same request" (CONTRACT section 4)."""
+"""The request fingerprint: what makes a retry "the same request"."""
 
 from __future__ import annotations
 
@@ -14,39 +14,50 @@ from django.utils.datastructures import MultiValueDict
 from rest_framework.request import Request
 
 
-def default_fingerprint(request: Request) -> str:
+def default_fingerprint(request: HttpRequest) -> str:
     """SHA-256 over the method, the path with its query string, and the body.
 
     JSON bodies are hashed in canonical form (sorted keys, no insignificant
     white space), so a client that re-serialises the same payload on retry is
     not refused. Multipart bodies, and uploads too large for Django to hold in
-    memory (``DATA_UPLOAD_MAX_MEMORY_SIZE``), are hashed from what DRF parsed:
-    fields, and file contents read in chunks, because DRF streams uploads to
-    disk and the CSRF check may already have consumed the raw stream. Any
-    other body over that limit is refused (``RequestDataTooBig``, a 413).
+    memory (``DATA_UPLOAD_MAX_MEMORY_SIZE``), are hashed from what the parsers
+    read: fields, and file contents read in chunks, because uploads are
+    streamed to disk and the CSRF check may already have consumed the raw
+    stream. Any other body over that limit is refused (``RequestDataTooBig``,
+    a 413).
+
+    ``request`` is a DRF ``Request`` or, for a plain Django view, Django's.
     """
-    django_request: HttpRequest = request._request
+    django_request: HttpRequest = getattr(request, "_request", request)
+    parsed = request if isinstance(request, Request) else None
     method = django_request.method or ""
     digest = hashlib.sha256(f"{method}\n{django_request.get_full_path()}\n".encode())
     if django_request.content_type == "multipart/form-data":
-        # DRF's request.POST, not Django's: Django parses POST requests only.
-        _update_with_form(digest, request.POST, request.FILES)
-        return digest.hexdigest()
+        if parsed is not None:
+            # DRF's request.POST, not Django's: Django parses POST requests only.
+            _update_with_form(digest, parsed.POST, parsed.FILES)
+            return digest.hexdigest()
+        if method == "POST":
+            _update_with_form(digest, django_request.POST, django_request.FILES)
+            return digest.hexdigest()
+        # Django leaves other methods' multipart bodies unparsed: the bytes.
     try:
         body = django_request.body
     except RawPostDataException:
         # Something read the stream before the handler (DRF's parser, when a
         # permission class looked at request.data): hash what DRF parsed. For
         # JSON that is the same canonical form as below.
-        _update_with_parsed(digest, request.data, request.FILES)
+        if parsed is None:
+            raise
+        _update_with_parsed(digest, parsed.data, parsed.FILES)
     except RequestDataTooBig:
         # Too large for Django to hold in memory. Only an upload that DRF
         # streams to disk may pass (files do not count against the limit, as
         # in Django's own forms); any other body DRF would read into memory
         # whatever the limit (DRF 3.15 does, for JSON), so it is refused.
-        if not request.FILES:
+        if parsed is None or not parsed.FILES:
             raise
-        _update_with_parsed(digest, request.data, request.FILES)
+        _update_with_parsed(digest, parsed.data, parsed.FILES)
     else:
         digest.update(_canonical_body(django_request.content_type or "", body))
     return digest.hexdigest()

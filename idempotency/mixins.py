@@ -1,4 +1,5 @@
-"""``IdempotentMixin``: the ``@idempotent`` protocol for a whole view class."""
+"""``IdempotentMixin``: the ``@idempotent`` protocol for a whole DRF view class
+(adrf's async views included)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, ClassVar
 
+from asgiref.sync import iscoroutinefunction
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from .core import protect
+from .core import aprotect, protect
 from .decorators import OPTIONS_ATTRIBUTE
 from .options import REDIS_BACKEND_VIEWS, FingerprintFunc, Options, ScopeFunc
 
@@ -70,8 +72,17 @@ class IdempotentMixin:
         if handler is None or hasattr(handler, OPTIONS_ATTRIBUTE):
             return
         options = self.get_idempotency_options()
+        protected: Any
+        if iscoroutinefunction(handler):
+            # adrf awaits a handler that is a coroutine function: so must
+            # this one be.
 
-        def protected(request: Request, *args: Any, **kwargs: Any) -> Any:
-            return protect(request, lambda: handler(request, *args, **kwargs), options)
+            async def protected(request: Request, *args: Any, **kwargs: Any) -> Any:
+                return await aprotect(request, lambda: handler(request, *args, **kwargs), options)
+
+        else:
+
+            def protected(request: Request, *args: Any, **kwargs: Any) -> Any:
+                return protect(request, lambda: handler(request, *args, **kwargs), options)
 
         setattr(self, name, protected)

@@ -13,6 +13,7 @@ import contextlib
 import selectors
 import socket
 import threading
+import time
 from urllib.parse import urlsplit
 
 
@@ -47,6 +48,9 @@ class RedisProxy:
         self._sockets: list[socket.socket] = []
         self._listener: socket.socket | None = None
         self.stalled = False
+        # Seconds each of Redis's replies is held before it is passed on: a
+        # slow Redis, or a slow network.
+        self.delay = 0.0
         self.restore()
 
     @property
@@ -105,8 +109,11 @@ class RedisProxy:
                     data = key.fileobj.recv(65536)  # type: ignore[union-attr]
                     if not data:
                         return
-                    if not self.stalled:
-                        key.data.sendall(data)
+                    if self.stalled:
+                        continue
+                    if self.delay and key.fileobj is server:
+                        time.sleep(self.delay)
+                    key.data.sendall(data)
         except (OSError, ValueError):
             return
         finally:

@@ -76,7 +76,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def command(kind: str, port: int, threads: int) -> tuple[list[str], str | None]:
+def command(kind: str, port: int, threads: int, workers: int = 1) -> tuple[list[str], str | None]:
     """The command line of a server, and the line it prints once it has loaded
     the application (``None``: runserver, whose checks load it first)."""
     bind = f"{HOST}:{port}"
@@ -89,7 +89,7 @@ def command(kind: str, port: int, threads: int) -> tuple[list[str], str | None]:
     if kind == "uvicorn":
         return [
             *("-m", "uvicorn", "tests.asgi:application", "--host", HOST, "--port", str(port)),
-            *("--log-level", "warning", "--lifespan", "off"),
+            *("--log-level", "warning", "--lifespan", "off", "--workers", str(workers)),
         ], "tests.asgi ready"
     if kind == "runserver":
         return ["-m", "django", "runserver", "--noreload", "--skip-checks", bind], None
@@ -108,11 +108,17 @@ class Server:
 
 @contextmanager
 def serve(
-    kind: str, env: dict[str, str], log: Path, threads: int = 1, timeout: float = 30
+    kind: str,
+    env: dict[str, str],
+    log: Path,
+    threads: int = 1,
+    timeout: float = 30,
+    workers: int = 1,
 ) -> Iterator[Server]:
-    """Serve the project with ``kind`` until the block ends."""
+    """Serve the project with ``kind`` until the block ends (uvicorn: with
+    ``workers`` processes, once each has loaded the application)."""
     port = free_port()
-    arguments, ready = command(kind, port, threads)
+    arguments, ready = command(kind, port, threads, workers)
     with log.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, *arguments],
@@ -125,7 +131,7 @@ def serve(
     server = Server(port, process, log)
     try:
         deadline = time.monotonic() + timeout
-        while not _ready(server, ready):
+        while not _ready(server, ready, workers):
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"{kind} did not start:\n{server.output()}")
             time.sleep(0.02)
@@ -136,10 +142,10 @@ def serve(
         process.wait(timeout=10)
 
 
-def _ready(server: Server, line: str | None) -> bool:
-    """Whether the application is loaded and the port listens (uvicorn loads
-    the application before it binds)."""
-    if line is not None and line not in server.output():
+def _ready(server: Server, line: str | None, workers: int = 1) -> bool:
+    """Whether the application is loaded (by each worker) and the port
+    listens (uvicorn loads the application before it binds)."""
+    if line is not None and server.output().count(line) < workers:
         return False
     try:
         with socket.create_connection((HOST, server.port), timeout=1):

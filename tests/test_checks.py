@@ -596,12 +596,16 @@ def test_e021_redis_backend_without_redis():
     # The test URLconf's views that chose backend="redis" are named too.
     assert error.msg == (
         'backend="redis" is chosen by IDEMPOTENCY["BACKEND"], '
+        "tests.testapp.async_views.AdrfDecorated.post, "
         "tests.testapp.views.RedisChargeView, tests.testapp.views.redis_charge, "
         'but IDEMPOTENCY["REDIS"] names no django-redis cache.'
     )
     with override_settings(IDEMPOTENCY={}):
         (error,) = check_redis()
-    assert error.msg.startswith('backend="redis" is chosen by tests.testapp.views.RedisChargeView')
+    assert error.msg.startswith(
+        'backend="redis" is chosen by tests.testapp.async_views.AdrfDecorated.post, '
+        "tests.testapp.views.RedisChargeView"
+    )
 
 
 @pytest.mark.django_db(databases=["default", "other"])

@@ -205,18 +205,22 @@ class TestMisuse:
             "idempotency.mixins.IdempotentMixin to its bases."
         )
 
-    def test_a_plain_django_view_raises(self):
-        @idempotent
-        def plain(request):
-            return HttpResponse()
+    def test_django_request_in_a_drf_view_is_refused(self):
+        """Protection on a DRF view's method that gets Django's request (a
+        dispatch() by another name) would run before DRF authenticates."""
+
+        class Early(APIView):
+            @idempotent
+            def handle(self, request):
+                return HttpResponse()
 
         with pytest.raises(TypeError) as excinfo:
-            plain(RequestFactory().post("/"))
+            Early().handle(RequestFactory().post("/"))
         assert str(excinfo.value) == (
-            "@idempotent on TestMisuse.test_a_plain_django_view_raises.<locals>.plain did not "
-            "receive a "
-            "Django REST framework Request. It protects APIView and ViewSet methods and "
-            "@api_view functions; a plain Django view must be turned into one of those first."
+            "@idempotent on TestMisuse.test_django_request_in_a_drf_view_is_refused.<locals>."
+            "Early.handle did not receive a request. It protects DRF handler methods, "
+            "@api_view functions and plain Django view functions and methods, which receive "
+            "the request as their first argument after self."
         )
 
     def test_mixin_after_the_view_class_raises(self):
@@ -340,7 +344,8 @@ def test_a_drf_request_outside_an_apiview_raises(user):
     with pytest.raises(TypeError) as excinfo:
         handler(Request(django_request))
     assert str(excinfo.value) == (
-        "@idempotent protects handlers of Django REST framework views; this request was not "
-        "dispatched by an APIView."
+        "A handler protected by @idempotent returned a DRF Response, which only a Django REST "
+        "framework view can render. Return a Django HttpResponse (or JsonResponse) from a "
+        "plain Django view."
     )
     assert not IdempotencyKey.objects.exists()

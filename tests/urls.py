@@ -1,14 +1,17 @@
+from adrf.routers import SimpleRouter as AsyncRouter
 from django.contrib import admin
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from tests.testapp import deferred, views
+from tests.testapp import async_views, deferred, views
 
 router = DefaultRouter()
 router.register("items", views.ItemViewSet, basename="item")
 router.register("optional-items", views.OptionalItemViewSet, basename="optional-item")
 router.register("decorated-items", views.DecoratedItemViewSet, basename="decorated-item")
 router.register("mixed-items", views.MixinWithDecoratedAction, basename="mixed-item")
+async_router = AsyncRouter()
+async_router.register("async/charges", async_views.AdrfCharges, basename="async-charge")
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -39,6 +42,17 @@ urlpatterns = [
     path("redis/mixin/", views.RedisChargeView.as_view()),
     path("generic/items/", views.ItemCreateView.as_view()),
     path("generic/items/<int:pk>/", views.ItemUpdateView.as_view()),
+    path("async/function/", async_views.adrf_function),
+    path("async/mixin/", async_views.AdrfCharge.as_view()),
+    path("async/redis/", async_views.AdrfDecorated.as_view()),
+    path("django/function/", async_views.django_function),
+    path("django/async-function/", async_views.django_async_function),
+    path("django/view/", async_views.DjangoCharge.as_view()),
+    path("django/async-view/", async_views.DjangoAsyncCharge.as_view()),
+    path("django/stream/", async_views.django_stream),
+    path("django/form/", async_views.DjangoFormView.as_view()),
+    path("async/ping/", async_views.ping),
+    path("", include(async_router.urls)),
     path("", include(router.urls)),
     path("example/", include("example_project.wallet.urls")),
 ]

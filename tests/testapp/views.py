@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ def storable_key(request) -> str:
 
 def record(request, label: str, using: str = "default") -> Execution:
     execution = Execution.objects.using(using).create(label=label, key=storable_key(request))
+    if "sleep" in request.query_params:  # across processes, where gates cannot reach
+        time.sleep(float(request.query_params["sleep"]))
     barrier = BARRIERS.get(request.query_params.get("barrier", ""))
     if barrier is not None:
         barrier.wait(timeout=10)
