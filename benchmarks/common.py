@@ -4,6 +4,7 @@ counting, bulk-filling the key table and printing a table."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import json
 import os
@@ -128,6 +129,63 @@ class Client:
         finally:
             result.close()
         return answer["status"], content, answer["headers"]
+
+
+class AsgiClient:
+    """Calls the project's ASGI application in this process, on an event
+    loop of its own, as an ASGI server would (each request's sync work in a
+    thread of its own), with the benchmark user's header."""
+
+    def __init__(self) -> None:
+        from django.core.handlers.asgi import ASGIHandler
+
+        self.handler = ASGIHandler()
+        self.loop = asyncio.new_event_loop()
+
+    def post(self, path: str, body: bytes, key: str | None = None) -> tuple[int, bytes, dict]:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-bench-user", USER.encode()),
+        ]
+        if key is not None:
+            headers.append((b"idempotency-key", key.encode()))
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+        }
+        incoming = [{"type": "http.request", "body": body, "more_body": False}]
+        answer: dict[str, Any] = {"body": b""}
+
+        async def receive() -> dict[str, Any]:
+            if incoming:
+                return incoming.pop()
+            # The client stays connected: Django listens for a disconnect
+            # while the view runs, and would abandon the request on one.
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+                answer["headers"] = {
+                    name.decode().title(): value.decode() for name, value in message["headers"]
+                }
+            elif message["type"] == "http.response.body":
+                answer["body"] += message.get("body", b"")
+
+        self.loop.run_until_complete(self.handler(scope, receive, send))
+        return answer["status"], answer["body"], answer["headers"]
 
 
 TRANSACTION_CONTROL = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT", "BEGIN")
@@ -318,3 +376,29 @@ def command(
         )
         results.append(json.loads(completed.stdout.strip().splitlines()[-1]))
     report(results, args)
+
+
+def rounds_command(
+    module: str,
+    doc: str,
+    rounds: int,
+    one: Callable[[str, int], dict[str, Any]],
+    report: Callable[[list[dict[str, Any]], argparse.Namespace], None],
+    more_options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """:func:`command` for a script that measures ``--rounds`` interleaved
+    rounds (``rounds`` by default) on each database."""
+
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--rounds", type=int, default=rounds)
+        if more_options is not None:
+            more_options(parser)
+
+    command(
+        module,
+        doc,
+        ["sqlite", "postgres", "mariadb"],
+        options,
+        lambda url, args: one(url, args.rounds),
+        report,
+    )

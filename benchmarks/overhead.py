@@ -14,6 +14,7 @@ import argparse
 import json
 import random
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from . import common
@@ -28,28 +29,36 @@ def body(number: int) -> bytes:
 
 
 class Requests:
-    """The three kinds of request, each checked for the answer it must get."""
+    """The three kinds of request, each checked for the answer it must get:
+    through ``client`` (the WSGI application by default), to the handler
+    undecorated at ``undecorated`` and decorated at ``decorated``."""
 
-    def __init__(self) -> None:
-        self.client = common.Client()
+    def __init__(
+        self,
+        client: common.Client | common.AsgiClient | None = None,
+        undecorated: str = UNDECORATED,
+        decorated: str = DECORATED,
+    ) -> None:
+        self.client = client or common.Client()
+        self.paths = (undecorated, decorated)
         self.count = 0
         self.done: list[tuple[str, bytes, bytes]] = []  # (key, body, response) to replay
 
     def undecorated(self) -> None:
         self.count += 1
-        status, _, _ = self.client.post(UNDECORATED, body(self.count))
+        status, _, _ = self.client.post(self.paths[0], body(self.count))
         common.check(status == 201, status)
 
     def first(self) -> None:
         self.count += 1
         key, payload = str(uuid.uuid4()), body(self.count)
-        status, content, _ = self.client.post(DECORATED, payload, key)
-        common.check(status == 201, status)
+        status, content, _ = self.client.post(self.paths[1], payload, key)
+        common.check(status == 201, status, content)
         self.done.append((key, payload, content))
 
     def replay(self) -> None:
         key, payload, content = random.choice(self.done)
-        status, replayed, headers = self.client.post(DECORATED, payload, key)
+        status, replayed, headers = self.client.post(self.paths[1], payload, key)
         common.check(status == 201, status)
         common.check(replayed == content, replayed, content)
         common.check(headers.get("Idempotent-Replayed") == "true", headers)
@@ -69,10 +78,14 @@ def measure(rounds: int) -> dict[str, Any]:
     return {"medians": common.interleaved_medians(calls, rounds), "statements": statements}
 
 
-def one(url: str, rounds: int) -> dict[str, Any]:
+def one(
+    url: str, rounds: int, measuring: Callable[[int], dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """``measuring`` (this module's :func:`measure` by default) on a scratch
+    database at ``url``, with the database's name and version."""
     common.configure(url)
     with common.scratch_database() as vendor:
-        result = measure(rounds)
+        result = (measuring or measure)(rounds)
         result["vendor"] = vendor
         result["server"] = common.server_version()
     return result
@@ -121,20 +134,12 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
                     print(f"  {sql[:160]}")
 
 
-def options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rounds", type=int, default=2000)
+def sql_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sql", action="store_true", help="also print each kind's statements")
 
 
 def main() -> None:
-    common.command(
-        "benchmarks.overhead",
-        __doc__,
-        ["sqlite", "postgres", "mariadb"],
-        options,
-        lambda url, args: one(url, args.rounds),
-        report,
-    )
+    common.rounds_command("benchmarks.overhead", __doc__, 2000, one, report, sql_option)
 
 
 if __name__ == "__main__":

@@ -181,19 +181,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print("Redis trips: commands sent to Redis, a Lua script counting as one.")
 
 
-def options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rounds", type=int, default=2000)
-
-
 def main() -> None:
-    common.command(
-        "benchmarks.replay",
-        __doc__,
-        ["sqlite", "postgres", "mariadb"],
-        options,
-        lambda url, args: one(url, args.rounds),
-        report,
-    )
+    common.rounds_command("benchmarks.replay", __doc__, 2000, one, report)
 
 
 if __name__ == "__main__":

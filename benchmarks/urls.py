@@ -1,6 +1,9 @@
 """The example project's URLs plus its charge handler without ``@idempotent``,
-and under ``@idempotent(backend="redis")``."""
+under ``@idempotent(backend="redis")``, and as an ``async def`` adrf handler
+with and without ``@idempotent``."""
 
+from adrf.decorators import api_view as async_api_view
+from asgiref.sync import sync_to_async
 from django.urls import include, path
 from rest_framework.decorators import api_view
 
@@ -26,7 +29,20 @@ def _in_redis(view):
     return api_view(["POST"])(idempotent(backend="redis")(_handler(view)))
 
 
+def _async(view):
+    """The same handler as an ``async def`` one would run its transactional
+    work: awaited through ``sync_to_async`` (benchmarks/async_overhead.py)."""
+    handler = _handler(view)
+
+    async def charge(request):
+        return await sync_to_async(handler)(request)
+
+    return charge
+
+
 urlpatterns = [
+    path("api/async/undecorated/charges/", async_api_view(["POST"])(_async(views.charge))),
+    path("api/async/charges/", async_api_view(["POST"])(idempotent(_async(views.charge)))),
     path("api/undecorated/charges/", _undecorated(views.charge), name="charge-undecorated"),
     path("api/redis-store/charges/", _in_redis(views.charge), name="charge-redis-store"),
     path("", include("example_project.urls")),
