@@ -24,23 +24,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from django.db import connections, transaction
 from django.utils import timezone
 
-from .backends import base
-from .backends.base import Claim, Completion, Outcome, RequestInfo, Store, StoredResponse
+from .backends.base import Claim, Outcome, RequestInfo, StoredResponse
+from .backends.database import DatabaseStore
 from .backends.redis import scripts
 from .backends.redis.client import Unusable, connection, errors
 from .backends.redis.records import COMPLETED, DELETED, Mine, encode, namespace_pattern, record_key
 from .conf import settings
-from .problems import Problem
-
-if TYPE_CHECKING:
-    from .backends.database import DatabaseStore
 
 logger = logging.getLogger("idempotency")
 
@@ -206,38 +200,26 @@ def _rest(alias: str, what: str) -> None:
     )
 
 
-def accelerate(store: DatabaseStore) -> Store:
-    """``store`` with the accelerator in front, if ``IDEMPOTENCY`` turns it
-    on for its database and Redis has not just failed; else ``store``."""
-    accelerator = for_database(store.alias)
+def accelerate(alias: str) -> DatabaseStore:
+    """The database store of ``alias``, with the accelerator in front if
+    ``IDEMPOTENCY`` turns it on for that database and Redis has not just
+    failed."""
+    accelerator = for_database(alias)
     if accelerator is None:
-        return store
-    return AcceleratedStore(store, accelerator)
+        return DatabaseStore(alias)
+    return AcceleratedStore(alias, accelerator)
 
 
-class AcceleratedStore(Store):
+class AcceleratedStore(DatabaseStore):
     """The database store, with the accelerator in front of it: one request,
     marked in flight by the lookup, copied once its stored response commits,
     unmarked otherwise. The database store decides every claim."""
 
-    def __init__(self, inner: DatabaseStore, accelerator: Accelerator) -> None:
-        self.inner = inner
+    def __init__(self, alias: str, accelerator: Accelerator) -> None:
+        super().__init__(alias)
         self.accelerator = accelerator
         self.info: RequestInfo | None = None
         self.marker: Mine | None = None
-        self.fail_open = inner.fail_open
-
-    @property
-    def transactional(self) -> bool:  # type: ignore[override]
-        return self.inner.transactional
-
-    @property
-    def unavailable(self) -> Problem:  # type: ignore[override]
-        return self.inner.unavailable
-
-    @property
-    def outage(self) -> str:  # type: ignore[override]
-        return self.inner.outage
 
     def lookup(self, info: RequestInfo) -> Claim | None:
         """Before anything touches the database: a replay from Redis needs
@@ -246,12 +228,9 @@ class AcceleratedStore(Store):
         known, self.marker = self.accelerator.lookup(info, settings.LOCK_TIMEOUT)
         return known
 
-    def unit(self) -> AbstractContextManager[None]:
-        return self.inner.unit()
-
     def claim(self, info: RequestInfo, lease: timedelta) -> Claim:
         self.info = info
-        claim = self.inner.claim(info, lease)
+        claim = super().claim(info, lease)
         if claim.outcome is Outcome.COMPLETED:
             # The database answers from a record Redis had no copy of (it
             # was flushed, restarted or evicted one): put the copy back.
@@ -263,30 +242,13 @@ class AcceleratedStore(Store):
             )
         return claim
 
-    def complete(self, claim: Claim, response: StoredResponse, ttl: timedelta) -> Completion:
-        info = self.info
-        assert info is not None
-        try:
-            expires_at = self.inner.keep(claim, response, ttl)
-        except base.ResponseTooLarge:
-            return Completion.TOO_LARGE
-        if expires_at is None:
-            return Completion.TAKEN_OVER
-        assert claim.record_id is not None
-        self._copy_on_commit(claim.record_id, info.fingerprint, response, expires_at)
-        return Completion.STORED
-
-    def release(self, claim: Claim) -> None:
-        self.inner.release(claim)
-
-    def rolled_back(self) -> bool:
-        return self.inner.rolled_back()
-
-    def roll_back_around(self) -> None:
-        self.inner.roll_back_around()
-
-    def failure(self, exc: Exception, storing: bool) -> base.Failure | None:
-        return self.inner.failure(exc, storing)
+    def keep(self, claim: Claim, response: StoredResponse, ttl: timedelta) -> datetime | None:
+        expires_at = super().keep(claim, response, ttl)
+        if expires_at is not None:
+            assert claim.record_id is not None
+            assert self.info is not None
+            self._copy_on_commit(claim.record_id, self.info.fingerprint, response, expires_at)
+        return expires_at
 
     def end(self) -> None:
         """Remove this request's marker, unless a copy replaced it already.
@@ -295,7 +257,7 @@ class AcceleratedStore(Store):
         if self.marker is not None:
             self.accelerator.unmark(self.marker)
             self.marker = None
-        self.inner.end()
+        super().end()
 
     def _copy_on_commit(
         self, record_id: int, fingerprint: str, response: StoredResponse, expires_at: datetime
@@ -309,4 +271,4 @@ class AcceleratedStore(Store):
             self.marker = None  # the copy replaces it
             accelerator.remember(info, record_id, fingerprint, response, expires_at)
 
-        transaction.on_commit(copy, using=self.inner.alias, robust=True)
+        transaction.on_commit(copy, using=self.alias, robust=True)

@@ -11,6 +11,8 @@ through the :class:`~idempotency.backends.base.Store` interface only.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -18,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from asgiref.sync import async_to_sync, sync_to_async
 from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig, SuspiciousOperation
 from django.http import HttpRequest, UnreadablePostError
+from django.http.multipartparser import MultiPartParserError
+from django.http.request import RawPostDataException
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 from rest_framework.exceptions import ParseError
@@ -38,13 +42,10 @@ _ACTIVE = "_idempotency_active"
 
 
 class _RolledBack(Exception):
-    """Leaves the unit of work by undoing it, carrying the answer. ``whole``:
-    the handler rolled its own work back, and so must any transaction around
-    the unit (ATOMIC_REQUESTS), as without the package."""
+    """Leaves the unit of work by undoing it, carrying the answer."""
 
-    def __init__(self, response: HttpResponseBase, whole: bool = False) -> None:
+    def __init__(self, response: HttpResponseBase) -> None:
         self.response = response
-        self.whole = whole
 
 
 def protect(
@@ -81,7 +82,30 @@ async def aprotect(
     async def handler() -> HttpResponseBase:
         return await call()
 
-    return await sync_to_async(protect)(request, async_to_sync(handler), options)
+    protected = asyncio.ensure_future(
+        sync_to_async(protect)(request, async_to_sync(handler), options)
+    )
+    try:
+        return await asyncio.shield(protected)
+    except asyncio.CancelledError:
+        # The client hung up, and Django cancels an async view when it does.
+        # A sync view's thread runs to its end all the same, and so must
+        # this one: cancelled midway, the handler's effects outside the
+        # database (a provider's charge) would stand while its claim was
+        # undone, and the client's retry would run it again. Run to the
+        # end, store the response for that retry, then let the
+        # cancellation go on.
+        await _finish(protected)
+        raise
+
+
+async def _finish(task: asyncio.Future[HttpResponseBase]) -> None:
+    """Wait for ``task`` to end, whatever cancels the waiting meanwhile. Its
+    error, if any, goes on: Django logs it as any view's."""
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([task])
+    task.result()
 
 
 def _applies(request: HttpRequest, options: Options) -> bool:
@@ -110,9 +134,15 @@ def prepare(request: HttpRequest, options: Options) -> RequestInfo | HttpRespons
     except ParseError as exc:
         # DRF could not parse the body (it wraps multipart errors this way).
         return problems.BODY_MALFORMED.response(reason=str(exc.detail))
-    except (SuspiciousOperation, UnreadablePostError) as exc:
-        # Too many fields or files, or a client that hung up mid-body.
+    except (SuspiciousOperation, UnreadablePostError, MultiPartParserError) as exc:
+        # Too many fields or files, a broken multipart body, or a client that
+        # hung up mid-body.
         return problems.BODY_MALFORMED.response(reason=str(exc) or type(exc).__name__)
+    except RawPostDataException:
+        # A plain Django view's body that is gone: the CSRF check read the
+        # form, and the client hung up before its end (Django then leaves
+        # the form empty rather than fail).
+        return problems.BODY_MALFORMED.response(reason="The body could not be read whole.")
     scope = options.get_scope()(request)
     if is_missing(scope):
         # Never a scope of its own: every client it was returned for would
@@ -161,8 +191,6 @@ def run(
                 response = _execute(store, request, call, options, claim)
             storing = True
     except _RolledBack as rolled_back:
-        if rolled_back.whole:
-            store.roll_back_around()
         return rolled_back.response
     except Exception as exc:
         # Whatever the error's class, what matters is what the store makes
@@ -226,7 +254,7 @@ def _execute(
         # or a database error it caught without a savepoint): its effects go
         # with the claim, nothing is stored, and the client gets the
         # handler's own answer, as it would without the decorator.
-        raise _RolledBack(response, whole=True)
+        raise _RolledBack(response)
     if stored is None:
         # A transient outcome: undo the effects and leave the key free.
         store.release(claim)

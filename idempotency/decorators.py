@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from asgiref.sync import iscoroutinefunction
-from django.contrib.auth.decorators import user_passes_test
+from django.contrib.auth.decorators import login_required, permission_required, user_passes_test
 from django.http import HttpRequest
 from django.middleware.csrf import CsrfViewMiddleware
 from rest_framework.request import Request
@@ -79,9 +79,10 @@ def idempotent(
 
     def decorator(handler: F) -> F:
         _refuse_wrong_target(handler)
-        resolved = options.resolve(f"@idempotent on {handler.__module__}.{handler.__qualname__}")
+        where = _name(handler)
+        resolved = options.resolve(f"@idempotent on {where}")
         if options.backend == "redis":
-            REDIS_BACKEND_VIEWS.add(f"{handler.__module__}.{handler.__qualname__}")
+            REDIS_BACKEND_VIEWS.add(where)
 
         wrapper: Callable[..., Any]
         if iscoroutinefunction(handler):
@@ -129,7 +130,7 @@ def _refuse_wrong_target(handler: Any) -> None:
         )
     if inspect.isgeneratorfunction(handler) or inspect.isasyncgenfunction(handler):
         raise TypeError(
-            f"@idempotent cannot protect {handler.__qualname__}: it is a generator, whose "
+            f"@idempotent cannot protect {_name(handler)}: it is a generator, whose "
             "work would run after the response is stored. Return a response (a "
             "StreamingHttpResponse over the generator is drained and stored in full)."
         )
@@ -152,27 +153,62 @@ def _refuse_wrong_target(handler: Any) -> None:
     checker = _checker_inside(handler)
     if checker is not None:
         name = getattr(handler, "__name__", "view")
+        what = CHECKERS[checker]
         raise TypeError(
-            f"@idempotent was placed above @{checker} on {name}, so a replay would be sent "
-            f"before @{checker} runs. Place @idempotent underneath, next to the function:\n\n"
+            f"@idempotent was placed above {what} on {name}, so a replay would be sent "
+            f"before it runs. Place @idempotent underneath, next to the function:\n\n"
             f"    @{checker}\n"
             "    @idempotent\n"
             f"    def {name}(request):\n"
-            "        ..."
+            "        ...\n\n"
+            "On a method, the same order holds with method_decorator: "
+            f"@method_decorator({checker}) above @idempotent."
         )
 
 
+# How a refusal names what it found.
+CHECKERS = {
+    "login_required": "@login_required (or another check of the user: permission_required, "
+    "user_passes_test)",
+    "csrf_protect": "@csrf_protect",
+}
+
+
 def _checker_inside(handler: Callable[..., Any]) -> str | None:
-    """The Django decorator that authenticates or checks the CSRF token, if
-    ``handler`` is already wrapped in one: protection must come after it."""
+    """The Django decorator that checks the user or the CSRF token, if
+    ``handler`` is already wrapped in one: protection must come after it.
+
+    Such a wrapper is found through ``__wrapped__`` (``functools.wraps``),
+    ``functools.partial``, or among the decorators that ``method_decorator``
+    keeps to apply on each call."""
     seen: Any = handler
     while seen is not None:
-        code = getattr(seen, "__code__", None)
-        if code is not None and code in _USER_TESTS:
-            return "login_required"
-        if any(isinstance(value, CsrfViewMiddleware) for value in _closed_over(seen, depth=2)):
-            return "csrf_protect"
+        if isinstance(seen, functools.partial):
+            seen = seen.func
+            continue
+        found = _checker(seen)
+        if found is not None:
+            return found
+        for value in _closed_over(seen, depth=1):
+            # method_decorator's wrapper keeps its decorators in a list.
+            if isinstance(value, (list, tuple)):
+                for decorator in value:
+                    found = _checker(decorator)
+                    if found is not None:
+                        return found
         seen = getattr(seen, "__wrapped__", None)
+    return None
+
+
+def _checker(func: Any) -> str | None:
+    """What ``func`` checks, if it is a view wrapped by, or itself is, one of
+    Django's decorators that check the user or the CSRF token."""
+    code = getattr(func, "__code__", None)
+    if code is not None and code in _USER_TESTS:
+        return "login_required"
+    for value in _closed_over(func, depth=2):
+        if value is CsrfViewMiddleware or isinstance(value, CsrfViewMiddleware):
+            return "csrf_protect"
     return None
 
 
@@ -192,17 +228,27 @@ def _closed_over(func: Any, depth: int) -> Iterator[Any]:
 
 def _code_of_user_tests() -> frozenset[Any]:
     """The code of the wrappers that ``login_required``, ``permission_required``
-    and ``user_passes_test`` make, sync and async: every wrapper shares it."""
+    and ``user_passes_test`` make, sync and async (every wrapper shares it),
+    and of the decorators themselves, which ``method_decorator`` keeps."""
 
     def view(request: HttpRequest) -> None: ...
 
     async def async_view(request: HttpRequest) -> None: ...
 
     test = user_passes_test(lambda user: True)
-    return frozenset(test(func).__code__ for func in (view, async_view))  # type: ignore[type-var]
+    wrappers = {test(func).__code__ for func in (view, async_view)}  # type: ignore[type-var]
+    decorators = (test, permission_required("-"), login_required)
+    return frozenset({*wrappers, *(decorator.__code__ for decorator in decorators)})
 
 
 _USER_TESTS = _code_of_user_tests()
+
+
+def _name(handler: Any) -> str:
+    """Where ``handler`` is defined, for messages (a ``functools.partial``
+    names its function)."""
+    func = handler.func if isinstance(handler, functools.partial) else handler
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
 
 
 def _find_request(handler: Callable[..., Any], args: tuple[Any, ...]) -> HttpRequest:
@@ -217,7 +263,7 @@ def _find_request(handler: Callable[..., Any], args: tuple[Any, ...]) -> HttpReq
                 break
             return candidate
     raise TypeError(
-        f"@idempotent on {handler.__qualname__} did not receive a request. It protects "
+        f"@idempotent on {_name(handler)} did not receive a request. It protects "
         f"DRF handler methods, @api_view functions and plain Django view functions and "
         f"methods, which receive the request as their first argument after self."
     )

@@ -13,10 +13,14 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import pytest
-from asgiref.sync import ThreadSensitiveContext, async_to_sync
+from asgiref.sync import ThreadSensitiveContext, async_to_sync, sync_to_async
 from django.contrib.auth.decorators import login_required
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connections
 from django.test import AsyncClient, Client, override_settings
 from django.views.decorators.csrf import csrf_protect
 
@@ -25,6 +29,8 @@ from tests.redis_proxy import RedisProxy, caches_with, other_database
 from tests.testapp.models import Execution
 
 pytestmark = pytest.mark.django_db
+
+T = TypeVar("T")
 
 ASYNC_URLS = {
     "adrf @api_view": "/async/function/",
@@ -77,6 +83,18 @@ def problem_type(response) -> str:
     return json.loads(response.content)["type"].rsplit(":", 1)[-1]
 
 
+async def as_served(request: Awaitable[T]) -> T:
+    """Await a test client's request (or login) as Django's ASGI handler
+    serves one: its sync work in a thread of its own (the test client would
+    run every request's in one thread), whose connection is closed after
+    it, so that none outlives the test."""
+    async with ThreadSensitiveContext():
+        try:
+            return await request
+        finally:
+            await sync_to_async(connections.close_all)()
+
+
 @pytest.mark.parametrize("url", ASYNC_URLS.values(), ids=ASYNC_URLS.keys())
 def test_async_handler_runs_once_and_its_retry_is_replayed(aclient, url):
     key = new_key()
@@ -118,6 +136,15 @@ def test_async_handler_that_raises_rolls_back_its_awaited_writes(aclient, url):
     assert runs(key) == 1
 
 
+def test_safe_methods_of_an_async_view_pass_through(aclient):
+    response = async_to_sync(aclient.get)("/async/mixin/")
+    assert response.status_code == 200
+    assert json.loads(response.content) == {"charges": 0}
+
+
+# Not on SQLite: its shared in-memory test database locks tables across the
+# threads' connections.
+@pytest.mark.server_db
 @pytest.mark.django_db(transaction=True)
 def test_the_event_loop_serves_others_while_a_protected_handler_waits(user):
     """A protected async handler that waits holds no event loop: another
@@ -133,22 +160,22 @@ def test_the_event_loop_serves_others_while_a_protected_handler_waits(user):
         name = uuid.uuid4().hex
         async_views.HOLDS[name] = hold = asyncio.Event()
         client = AsyncClient()
-        await client.aforce_login(user)
+        await as_served(client.aforce_login(user))
         order: list[str] = []
 
         async def protected() -> None:
-            async with ThreadSensitiveContext():
-                response = await client.post(
+            response = await as_served(
+                client.post(
                     f"/async/function/?hold={name}",
                     {"amount": 1},
                     content_type="application/json",
                     headers={"Idempotency-Key": new_key()},
                 )
+            )
             order.append(f"protected {response.status_code}")
 
         async def other() -> None:
-            async with ThreadSensitiveContext():
-                response = await client.get("/async/ping/")
+            response = await as_served(client.get("/async/ping/"))
             order.append(f"ping {response.status_code}")
             hold.set()
 
@@ -230,6 +257,7 @@ def test_plain_django_stream_and_template_response_are_stored_whole(dclient):
 
 
 @pytest.mark.redis
+@pytest.mark.server_db
 @pytest.mark.django_db(transaction=True)
 def test_async_handler_on_the_redis_store_keeps_the_loop_free(user):
     """With ``backend="redis"``, a protected async request whose Redis is
@@ -245,23 +273,23 @@ def test_async_handler_on_the_redis_store_keeps_the_loop_free(user):
 
             async def scenario() -> tuple[int, float, float]:
                 client = AsyncClient()
-                await client.aforce_login(user)
+                await as_served(client.aforce_login(user))
                 started = time.monotonic()
 
                 async def protected() -> tuple[int, float]:
-                    async with ThreadSensitiveContext():
-                        response = await client.post(
+                    response = await as_served(
+                        client.post(
                             "/async/redis/",
                             {"amount": 1},
                             content_type="application/json",
                             headers={"Idempotency-Key": new_key()},
                         )
+                    )
                     return response.status_code, time.monotonic() - started
 
                 async def ping() -> float:
                     await asyncio.sleep(0.1)
-                    async with ThreadSensitiveContext():
-                        await client.get("/async/ping/")
+                    await as_served(client.get("/async/ping/"))
                     return time.monotonic() - started
 
                 (status, protected_took), ping_took = await asyncio.gather(protected(), ping())
@@ -311,3 +339,51 @@ def test_what_cannot_be_protected_is_refused_at_import():
 
     with pytest.raises(TypeError, match="dispatch"):
         idempotent(Dispatching.dispatch)
+
+
+def test_a_plain_django_view_without_a_scope_names_itself(dclient, caplog):
+    response = dpost(dclient, "/django/no-scope/", new_key())
+    assert problem_type(response) == "scope-missing"
+    assert "The scope of tests.testapp.async_views.django_no_scope returned None" in caplog.text
+
+
+def test_plain_django_multipart_put_is_fingerprinted_by_its_bytes(dclient):
+    """Django parses multipart bodies of POST requests only: a PUT's bytes
+    are the fingerprint, so another file under the same key is a 422."""
+    from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
+
+    key = new_key()
+
+    def put(content: bytes):
+        body = encode_multipart(BOUNDARY, {"file": SimpleUploadedFile("a.txt", content)})
+        return dclient.put(
+            "/django/upload/",
+            body,
+            content_type=MULTIPART_CONTENT,
+            headers={"Idempotency-Key": key},
+        )
+
+    assert put(b"one").status_code == 201
+    assert put(b"one")["Idempotent-Replayed"] == "true"
+    assert put(b"two").status_code == 422
+    assert runs(key) == 1
+
+
+def test_a_plain_django_body_already_streamed_away_is_an_error():
+    """Middleware that read the raw stream leaves nothing to fingerprint: a
+    programming error, raised rather than hashed as empty."""
+    from django.http.request import RawPostDataException
+    from django.test import RequestFactory
+
+    from idempotency.fingerprint import default_fingerprint
+
+    request = RequestFactory().post("/", b"{}", content_type="application/json")
+    request.read()
+    with pytest.raises(RawPostDataException):
+        default_fingerprint(request)
+
+
+def test_a_call_without_a_request_is_refused():
+    handler = idempotent(lambda amount: amount)
+    with pytest.raises(TypeError, match="did not receive a request"):
+        handler(100)

@@ -202,3 +202,15 @@ def test_a_record_purged_in_the_middle_of_a_claim_answers_409(user):
     assert retry.status_code == 201
     assert "Idempotent-Replayed" not in retry
     assert Execution.objects.filter(key=key).count() == 2
+
+
+def test_the_key_column_on_an_unsupported_database_keeps_its_defaults(monkeypatch):
+    """The checks refuse such a database before ``migrate``; until then, the
+    key field's column must still be describable (``makemigrations``)."""
+    from django.db import connection
+
+    from idempotency.models import IdempotencyKey
+
+    field = IdempotencyKey._meta.get_field("key")
+    monkeypatch.setattr(connection, "vendor", "oracle")
+    assert field.db_parameters(connection).get("collation") is None

@@ -587,3 +587,17 @@ def test_forgetting_a_database_while_redis_is_away_is_logged(user, proxy, redis_
     proxy.cut()
     emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
     assert "Redis unavailable (forget" in caplog.text
+
+
+@pytest.mark.django_db
+def test_a_claim_lost_to_another_request_leaves_no_copy(client, redis_db):
+    """The database store's answer when another request took the claim over
+    while the handler ran: everything rolls back, and Redis keeps nothing
+    of it but the marker, which goes when the request ends."""
+    key = new_key()
+    response = client.post(
+        "/taken-over/", {"amount": 1}, format="json", headers={"Idempotency-Key": key}
+    )
+    assert response.status_code == 409
+    assert not IdempotencyKey.objects.exists()
+    assert copies(redis_db) == []

@@ -217,7 +217,8 @@ class TestMisuse:
         with pytest.raises(TypeError) as excinfo:
             Early().handle(RequestFactory().post("/"))
         assert str(excinfo.value) == (
-            "@idempotent on TestMisuse.test_django_request_in_a_drf_view_is_refused.<locals>."
+            "@idempotent on tests.test_views.TestMisuse.test_django_request_in_a_drf_view_is_"
+            "refused.<locals>."
             "Early.handle did not receive a request. It protects DRF handler methods, "
             "@api_view functions and plain Django view functions and methods, which receive "
             "the request as their first argument after self."

@@ -3,7 +3,7 @@ from django.contrib import admin
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from tests.testapp import async_views, deferred, views
+from tests.testapp import async_views, deferred, hostile_views, views
 
 router = DefaultRouter()
 router.register("items", views.ItemViewSet, basename="item")
@@ -52,7 +52,29 @@ urlpatterns = [
     path("django/stream/", async_views.django_stream),
     path("django/form/", async_views.DjangoFormView.as_view()),
     path("async/ping/", async_views.ping),
+    path("django/no-scope/", async_views.django_no_scope),
+    path("django/upload/", async_views.django_upload),
     path("", include(async_router.urls)),
     path("", include(router.urls)),
     path("example/", include("example_project.wallet.urls")),
+]
+
+# tests/test_hostile_async.py
+urlpatterns += [
+    path(f"hostile/{name}/", getattr(hostile_views, name))
+    for name in (
+        "async_redis_slow",
+        "sync_redis_slow",
+        "async_db_slow",
+        "sync_db_slow",
+        "async_background",
+        "async_background_unprotected",
+        "async_gather",
+        "async_unsafe_thread",
+        "async_stream",
+        "async_killed",
+        "csrf_checked",
+        "plain_multipart",
+        "twice",
+    )
 ]

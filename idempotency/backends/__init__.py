@@ -23,6 +23,5 @@ def open_store(backend: str) -> Store:
 
         return RedisStore(settings.REDIS)
     from ..accelerator import accelerate
-    from .database import DatabaseStore
 
-    return accelerate(DatabaseStore(settings.DATABASE))
+    return accelerate(settings.DATABASE)

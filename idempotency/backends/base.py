@@ -11,6 +11,8 @@ The protocol in ``idempotency.core`` runs every request against a
             ... run the handler ...
             store.release(claim)          # a transient answer, or
             store.complete(claim, stored, ttl)
+    # an exception from any of these: store.failure(exc, storing) says how
+    # to answer it
     store.end()                          # always, once the unit is left
 
 An exception that leaves ``unit()`` undoes the claim: a transactional store
@@ -24,7 +26,7 @@ import enum
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any
 
 from ..problems import Problem
 
@@ -110,11 +112,11 @@ class Store(abc.ABC):
     #: ``True`` if the handler's database effects commit or roll back with
     #: the record (the database store's transaction); ``False`` if they stand
     #: whatever becomes of the record (Redis).
-    transactional: ClassVar[bool]
+    transactional: bool
     #: The problem (503) a request gets when the store cannot be reached,
     #: and how the log line that goes with it begins.
-    unavailable: ClassVar[Problem]
-    outage: ClassVar[str]
+    unavailable: Problem
+    outage: str
     #: Run the handler unprotected, rather than answer ``unavailable``, when
     #: the store cannot be reached to claim the key.
     fail_open: bool = False
@@ -143,19 +145,16 @@ class Store(abc.ABC):
 
     def rolled_back(self) -> bool:
         """Whether the handler rolled back its own work (a transactional
-        store's transaction is marked for rollback)."""
+        store's transaction is marked for rollback): nothing is stored, and
+        any transaction around the unit (``ATOMIC_REQUESTS``) must roll back
+        too once the unit is left, as without the package."""
         return False
 
-    def roll_back_around(self) -> None:
-        """The handler rolled back its own work: roll back any transaction
-        around the unit too (``ATOMIC_REQUESTS``), as without the package."""
-        return None
-
+    @abc.abstractmethod
     def failure(self, exc: Exception, storing: bool) -> Failure | None:
         """How to answer ``exc``, raised in the unit of work (``storing``:
         while the store kept the response or committed the unit); ``None``
         lets it propagate."""
-        return None
 
     def end(self) -> None:
         """Called once the unit of work has been left, whatever happened."""

@@ -73,6 +73,9 @@ async def adrf_function(request):
 
 
 class AdrfCharge(IdempotentMixin, AsyncAPIView):
+    async def get(self, request):
+        return Response({"charges": await Execution.objects.filter(label="adrf-mixin").acount()})
+
     async def post(self, request):
         return await acharge(request, "adrf-mixin")
 
@@ -152,6 +155,20 @@ class DjangoFormView(FormView):
     def form_valid(self, form):
         Execution.objects.create(label="django-form", key=storable_key(self.request))
         return super().form_valid(form)
+
+
+@csrf_exempt
+@idempotent(scope=lambda request: None)
+def django_no_scope(request):
+    return HttpResponse(status=201)
+
+
+@csrf_exempt
+@idempotent(required=False)
+def django_upload(request):
+    """Whatever the method, the body is what the fingerprint reads."""
+    Execution.objects.create(label="django-upload", key=storable_key(request))
+    return HttpResponse(status=201)
 
 
 async def ping(request):

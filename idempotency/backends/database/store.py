@@ -42,6 +42,9 @@ class DatabaseStore(Store):
         self.connection = connections[alias]
         self._dialect: Dialect | None = None
         self._session: object | None = None
+        # The handler rolled its own work back: so must any transaction
+        # around the unit (ATOMIC_REQUESTS), as without the package.
+        self._roll_back_around = False
 
     @property
     def dialect(self) -> Dialect:
@@ -60,8 +63,12 @@ class DatabaseStore(Store):
         # raises here, with no session to lose.
         self.dialect  # noqa: B018
         self._session = self._open_session()
-        with transaction.atomic(using=self.alias):
-            yield
+        try:
+            with transaction.atomic(using=self.alias):
+                yield
+        finally:
+            if self._roll_back_around and self.connection.in_atomic_block:
+                transaction.set_rollback(True, using=self.alias)
 
     def _open_session(self) -> object:
         """The database session: the driver's connection under Django's,
@@ -101,12 +108,12 @@ class DatabaseStore(Store):
         """Whether the claim's transaction can only roll back now: the
         handler marked it (``transaction.set_rollback(True)``, or an error
         inside an ``atomic(savepoint=False)`` or an ORM write), or, on
-        PostgreSQL, an error it caught aborted the transaction."""
-        return self.connection.needs_rollback or self.dialect.aborted(self.connection)
-
-    def roll_back_around(self) -> None:
-        if self.connection.in_atomic_block:
-            transaction.set_rollback(True, using=self.alias)
+        PostgreSQL, an error it caught aborted the transaction. If so, any
+        transaction around the unit rolls back too once it is left."""
+        self._roll_back_around = self.connection.needs_rollback or self.dialect.aborted(
+            self.connection
+        )
+        return self._roll_back_around
 
     def release(self, claim: Claim) -> None:
         # The claim goes with the handler's effects when the unit is left.
