@@ -146,9 +146,10 @@ def _refuse_wrong_target(handler: Any) -> None:
         )
     if getattr(handler, "__name__", None) == "dispatch":
         raise TypeError(
-            "@idempotent cannot protect dispatch(), which runs before a DRF view "
-            "authenticates the request. Decorate the handler methods (post, put, ...) or "
-            "add idempotency.mixins.IdempotentMixin to the view's bases."
+            "@idempotent cannot protect dispatch(), which runs before the view's own "
+            "checks (a DRF view's authentication, the decorators on its handlers). Decorate "
+            "the handler methods (post, put, ...), or add "
+            "idempotency.mixins.IdempotentMixin to a DRF view's bases."
         )
     checker = _checker_inside(handler)
     if checker is not None:
