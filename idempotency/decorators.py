@@ -17,6 +17,7 @@ from asgiref.sync import iscoroutinefunction
 from django.contrib.auth.decorators import login_required, permission_required, user_passes_test
 from django.http import HttpRequest
 from django.middleware.csrf import CsrfViewMiddleware
+from django.views import View
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
@@ -106,8 +107,9 @@ def idempotent(
 
 
 def _refuse_wrong_target(handler: Any) -> None:
-    """Refuse, when the module is imported, what ``@idempotent`` cannot
-    protect, with the fix."""
+    """Refuse what ``@idempotent`` cannot protect, with the fix: when the
+    module is imported, or, where ``method_decorator`` applies it (on each
+    call), on the first request."""
     if isinstance(handler, type):
         if issubclass(handler, APIView):
             fix = (
@@ -144,12 +146,12 @@ def _refuse_wrong_target(handler: Any) -> None:
             f"    def {view_class.__name__}(request):\n"
             "        ..."
         )
-    if getattr(handler, "__name__", None) == "dispatch":
+    if _is_dispatch(handler):
         raise TypeError(
-            "@idempotent cannot protect dispatch(), which runs before the view's own "
-            "checks (a DRF view's authentication, the decorators on its handlers). Decorate "
-            "the handler methods (post, put, ...), or add "
-            "idempotency.mixins.IdempotentMixin to a DRF view's bases."
+            "@idempotent cannot protect dispatch() or a whole class-based view, which run "
+            "before the view's own checks (a DRF view's authentication, LoginRequiredMixin, "
+            "the decorators on its handlers). Decorate the handler methods (post, put, ...), "
+            "or add idempotency.mixins.IdempotentMixin to a DRF view's bases."
         )
     checker = _checker_inside(handler)
     if checker is not None:
@@ -173,6 +175,17 @@ CHECKERS = {
     "user_passes_test)",
     "csrf_protect": "@csrf_protect",
 }
+
+
+def _is_dispatch(handler: Any) -> bool:
+    """Whether ``handler`` is a view class's ``dispatch()`` (a method of that
+    name, not any function called so), or a whole class-based view."""
+    view_class = getattr(handler, "view_class", None)
+    if isinstance(view_class, type) and issubclass(view_class, View):
+        return True  # View.as_view(): everything runs after it
+    func = handler.func if isinstance(handler, functools.partial) else handler
+    parts = getattr(func, "__qualname__", "").split(".")
+    return len(parts) >= 2 and parts[-1] == "dispatch" and parts[-2] != "<locals>"
 
 
 def _checker_inside(handler: Callable[..., Any]) -> str | None:
@@ -208,7 +221,9 @@ def _checker(func: Any) -> str | None:
     if code is not None and code in _USER_TESTS:
         return "login_required"
     for value in _closed_over(func, depth=2):
-        if value is CsrfViewMiddleware or isinstance(value, CsrfViewMiddleware):
+        # Exactly the middleware: ensure_csrf_cookie and requires_csrf_token
+        # use subclasses of it that never refuse a request.
+        if value is CsrfViewMiddleware or type(value) is CsrfViewMiddleware:
             return "csrf_protect"
     return None
 

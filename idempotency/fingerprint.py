@@ -38,6 +38,8 @@ def default_fingerprint(request: HttpRequest) -> str:
             _update_with_form(digest, parsed.POST, parsed.FILES)
             return digest.hexdigest()
         if method == "POST":
+            if _form_lost(django_request):
+                raise RawPostDataException("The form was cut short before it could be read.")
             _update_with_form(digest, django_request.POST, django_request.FILES)
             return digest.hexdigest()
         # Django leaves other methods' multipart bodies unparsed: the bytes.
@@ -61,6 +63,18 @@ def default_fingerprint(request: HttpRequest) -> str:
     else:
         digest.update(_canonical_body(django_request.content_type or "", body))
     return digest.hexdigest()
+
+
+def _form_lost(request: HttpRequest) -> bool:
+    """Whether a multipart form's stream was consumed by a read that failed
+    (the CSRF check reads the form, and swallows a client hanging up midway):
+    Django would then give an empty form, which must not be run and stored
+    as if the client had sent it."""
+    return (
+        not hasattr(request, "_post")
+        and request._read_started  # type: ignore[attr-defined]
+        and not hasattr(request, "_body")
+    )
 
 
 def _canonical_body(content_type: str, body: bytes) -> bytes:

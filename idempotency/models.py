@@ -17,8 +17,8 @@ from .backends.database import dialects
 
 
 class ExactCharField(models.CharField):  # type: ignore[type-arg]
-    """A ``CharField`` compared byte for byte on every database: under the
-    collation its database's dialect names (MariaDB's default ones would
+    """A ``CharField`` compared byte for byte on every supported database:
+    under the collation its database's dialect names (MariaDB's default ones would
     make ``abc`` and ``ABC`` one key, and one client's new request would be
     answered with another's replay). PostgreSQL and SQLite compare exactly
     already.

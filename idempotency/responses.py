@@ -60,15 +60,16 @@ def render(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase
     which changes nothing once it is rendered."""
     if getattr(response, "is_rendered", True) or not hasattr(response, "render"):
         return response
-    if isinstance(response, Response):
-        view = (getattr(request, "parser_context", None) or {}).get("view")
-        if view is None:
-            raise TypeError(
-                "A handler protected by @idempotent returned a DRF Response, which only a "
-                "Django REST framework view can render. Return a Django HttpResponse (or "
-                "JsonResponse) from a plain Django view."
-            )
+    view = (getattr(request, "parser_context", None) or {}).get("view")
+    if view is not None:
+        # DRF's own headers (Allow, Vary) come with finalizing.
         response = view.finalize_response(request, response, *view.args, **view.kwargs)
+    elif isinstance(response, Response):
+        raise TypeError(
+            "A handler protected by @idempotent returned a DRF Response, which only a "
+            "Django REST framework view can render. Return a Django HttpResponse (or "
+            "JsonResponse) from a plain Django view."
+        )
     response.render()
     return response
 

@@ -330,25 +330,41 @@ class HangsUp(io.RawIOBase):
 CSRF = "a" * 32
 
 
-def test_a_plain_view_body_cut_off_after_the_csrf_check_read_it_is_400():
+MULTIPART_BODY = (
+    b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n'
+    b'--b\r\nContent-Disposition: form-data; name="amount"\r\n\r\n10\r\n--b--\r\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/x-www-form-urlencoded", b"note=hello&amount=10"),
+        ("multipart/form-data; boundary=b", MULTIPART_BODY),
+    ],
+    ids=["urlencoded", "multipart"],
+)
+def test_a_plain_view_body_cut_off_after_the_csrf_check_read_it_is_400(content_type, body):
     """A plain view that does not exempt CSRF: CsrfViewMiddleware reads
     request.POST first. A client that hangs up mid-body makes that read fail
     (the check swallows the error and takes the header token); the body is
-    then gone, and the client gets the 400 of a body cut short."""
-    body = b"note=hello&amount=10"
+    then gone, and the client gets the 400 of a body cut short, never a run
+    on an empty form that its full retry would then meet as a 422."""
+    key = new_key()
     status, content = _wsgi_post(
         "/hostile/csrf_checked/",
-        new_key(),
+        key,
         body,
         io.BufferedReader(HangsUp(body)),
         {
-            "CONTENT_TYPE": "application/x-www-form-urlencoded",
+            "CONTENT_TYPE": content_type,
             "HTTP_COOKIE": f"csrftoken={CSRF}",
             "HTTP_X_CSRFTOKEN": CSRF,
         },
     )
     assert status == 400, (status, content[:300])
     assert b"body-malformed" in content
+    assert runs(key) == 0
 
 
 def test_plain_view_body_cut_off_without_csrf_read_is_400():
@@ -563,3 +579,23 @@ def test_idempotent_above_method_decorator_login_required_is_refused_at_import()
         # The right order is accepted, and so are decorators that check nothing.
         method_decorator(login_required)(idempotent(handler))
         idempotent(method_decorator([never_cache, csrf_exempt])(handler))
+
+
+def test_only_what_runs_before_the_views_checks_is_refused():
+    """``dispatch()`` methods and whole class-based views are refused; a
+    function that happens to be called dispatch is not, nor are Django's
+    decorators that only set the CSRF cookie."""
+    from django.views import View
+    from django.views.decorators.csrf import ensure_csrf_cookie, requires_csrf_token
+
+    class Orders(View):
+        def post(self, request): ...
+
+    with pytest.raises(TypeError, match="whole class-based view"):
+        idempotent(Orders.as_view())
+
+    def dispatch(request): ...  # dispatching an order, say
+
+    idempotent(dispatch)
+    for decorator in (ensure_csrf_cookie, requires_csrf_token):
+        idempotent(decorator(dispatch))

@@ -3,7 +3,9 @@
 Every statement binds named parameters (``%(name)s``, which Django's
 PostgreSQL, MySQL and SQLite backends all accept with a dict): a claim's
 values are one dict, named after the record's columns (see ``COLUMNS``),
-plus ``now``, and each statement takes from it the names it uses.
+plus ``now``; storing a response or taking a record over adds the record's
+``id`` (and ``row``, ``in_flight``; PostgreSQL's claim ``lock`` and
+``idle``), and each statement takes from it the names it uses.
 """
 
 from __future__ import annotations
