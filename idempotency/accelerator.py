@@ -215,6 +215,8 @@ class AcceleratedStore(DatabaseStore):
     marked in flight by the lookup, copied once its stored response commits,
     unmarked otherwise. The database store decides every claim."""
 
+    name = "accelerator"
+
     def __init__(self, alias: str, accelerator: Accelerator) -> None:
         super().__init__(alias)
         self.accelerator = accelerator

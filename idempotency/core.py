@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig, SuspiciousOperation
+from django.dispatch import Signal
 from django.http import HttpRequest, UnreadablePostError
 from django.http.multipartparser import MultiPartParserError
 from django.http.request import RawPostDataException
@@ -26,10 +27,11 @@ from django.http.response import HttpResponseBase
 from django.utils import timezone
 from rest_framework.exceptions import ParseError
 
-from . import problems
+from . import context, events, problems, signals
 from .backends import open_store
 from .backends.base import Claim, Completion, Failure, Outcome, RequestInfo, Store
 from .conf import settings
+from .events import view_name
 from .keys import InvalidKey, is_missing, normalise_scope, parse_key
 from .options import Options
 from .responses import REPLAYED_HEADER, TooLarge, capture, keepable, replay
@@ -60,6 +62,7 @@ def protect(
     if isinstance(prepared, HttpResponseBase):
         return prepared
     setattr(request, _ACTIVE, True)
+    context.attach(request, context.Idempotency(key=prepared.key, scope=prepared.scope))
     return run(open_store(options.get_backend()), request, call, options, prepared)
 
 
@@ -118,11 +121,15 @@ def prepare(request: HttpRequest, options: Options) -> RequestInfo | HttpRespons
     has no key and the view does not require one."""
     raw_key = request.headers.get(settings.HEADER)
     if raw_key is None:
-        return problems.KEY_MISSING.response() if options.get_required() else None
+        if not options.get_required():
+            return None
+        return _refused(request, problems.KEY_MISSING.response(), key=None, scope=None)
     try:
         key = parse_key(raw_key)
     except InvalidKey as exc:
-        return problems.KEY_MALFORMED.response(reason=exc.reason)
+        return _refused(
+            request, problems.KEY_MALFORMED.response(reason=exc.reason), key=None, scope=None
+        )
     if not _content_length_is_a_number(request):
         # Django cannot read such a body at all (DRF alone would read it as
         # empty): the client must fix its framing, and nothing is claimed.
@@ -156,7 +163,7 @@ def prepare(request: HttpRequest, options: Options) -> RequestInfo | HttpRespons
             request.method,
             request.path,
         )
-        return problems.SCOPE_MISSING.response()
+        return _refused(request, problems.SCOPE_MISSING.response(), key=key, scope=None)
     try:
         scope = normalise_scope(scope)
     except TypeError as exc:
@@ -171,6 +178,20 @@ def prepare(request: HttpRequest, options: Options) -> RequestInfo | HttpRespons
     )
 
 
+def _refused(
+    request: HttpRequest, response: HttpResponseBase, *, key: str | None, scope: str | None
+) -> HttpResponseBase:
+    events.announce(
+        signals.key_refused,
+        request,
+        scope=scope,
+        key=key,
+        status=response.status_code,
+        store=None,
+    )
+    return response
+
+
 def run(
     store: Store,
     request: HttpRequest,
@@ -181,14 +202,16 @@ def run(
     """Claim the key in ``store``, and run the handler if the claim is ours."""
     storing = False
     claim: Claim | None = None
+    completion: Completion | None = None
     try:
         known = store.lookup(info)
         if known is not None:
-            return _answer(known, info)
+            return _answer(known, info, request, store)
         with store.unit():
             claim = store.claim(info, settings.LOCK_TIMEOUT)
             if claim.outcome is Outcome.CLAIMED:
-                response = _execute(store, request, call, options, claim)
+                _announce(signals.claimed, request, info, store, None)
+                response, completion = _execute(store, request, call, options, info, claim)
             storing = True
     except _RolledBack as rolled_back:
         return rolled_back.response
@@ -199,7 +222,7 @@ def run(
         # with Redis, no claim was made): a retry is safe.
         failure = store.failure(exc, storing)
         if failure is Failure.CONFLICT:
-            return _conflict(request)
+            return _conflict(request, info, store)
         if failure is not Failure.UNAVAILABLE:
             raise
         if claim is None and store.fail_open:
@@ -221,9 +244,23 @@ def run(
         return store.unavailable.response()
     finally:
         store.end()
-    if claim.outcome is Outcome.CLAIMED:
-        return response
-    return _answer(claim, info)
+    if claim.outcome is not Outcome.CLAIMED:
+        return _answer(claim, info, request, store)
+    if completion in STORED:
+        _announce(signals.completed, request, info, store, response.status_code)
+    return response
+
+
+# Completions after which retries get the replay of the response.
+STORED = (Completion.STORED, Completion.STORED_LATE)
+
+
+def _announce(
+    signal: Signal, request: HttpRequest, info: RequestInfo, store: Store, status: int | None
+) -> None:
+    events.announce(
+        signal, request, scope=info.scope, key=info.key, status=status, store=store.name
+    )
 
 
 def _execute(
@@ -231,9 +268,11 @@ def _execute(
     request: HttpRequest,
     call: Callable[[], HttpResponseBase],
     options: Options,
+    info: RequestInfo,
     claim: Claim,
-) -> HttpResponseBase:
-    """Run the handler in the unit of work and keep its response.
+) -> tuple[HttpResponseBase, Completion | None]:
+    """Run the handler in the unit of work and keep its response; say what
+    became of it (``None``: a transient answer, not kept).
 
     An exception from the handler leaves the unit, which undoes the claim
     (with the handler's effects, in the database); the view turns it into a
@@ -258,56 +297,50 @@ def _execute(
     if stored is None:
         # A transient outcome: undo the effects and leave the key free.
         store.release(claim)
-        return response
+        return response, None
     try:
         completion = store.complete(claim, stored, options.get_ttl())
     except Exception as exc:
         if store.failure(exc, storing=True) is not Failure.CONFLICT:
             raise
-        raise _RolledBack(_conflict(request)) from None
+        raise _RolledBack(_conflict(request, info, store)) from None
     if completion is Completion.TOO_LARGE:
         raise _RolledBack(problems.RESPONSE_TOO_LARGE.response())
     if completion is Completion.TAKEN_OVER and store.transactional:
         # Another request took an expired claim over while this one ran:
         # its effects roll back, and the key is the other's.
         raise _RolledBack(problems.IN_FLIGHT.response())
-    return response
+    return response, completion
 
 
-def _conflict(request: HttpRequest) -> HttpResponseBase:
+def _conflict(request: HttpRequest, info: RequestInfo, store: Store) -> HttpResponseBase:
     logger.info(
         "%s %s conflicted with a concurrent transaction and was rolled back; answered 409.",
         request.method,
         request.path,
         exc_info=True,
     )
-    return problems.TRANSACTION_CONFLICT.response()
+    response = problems.TRANSACTION_CONFLICT.response()
+    _announce(signals.conflict, request, info, store, response.status_code)
+    return response
 
 
-def _answer(claim: Claim, info: RequestInfo) -> HttpResponseBase:
+def _answer(
+    claim: Claim, info: RequestInfo, request: HttpRequest, store: Store
+) -> HttpResponseBase:
     """The answer to a request whose key another request holds or used."""
     if claim.outcome is Outcome.IN_FLIGHT:
-        return problems.IN_FLIGHT.response()
-    if claim.fingerprint != info.fingerprint:
-        return problems.KEY_REUSED.response()
-    assert claim.response is not None
-    return replay(claim.response)
-
-
-def view_name(request: HttpRequest) -> str:
-    """The view a request reached, for log lines: its module and class (an
-    ``@api_view`` function's name) and a ViewSet's action, or a plain Django
-    view's module and name."""
-    view = (getattr(request, "parser_context", None) or {}).get("view")
-    if view is not None:
-        kind = type(view)
-        action = getattr(view, "action", None)
-        return f"{kind.__module__}.{kind.__name__}" + (f".{action}" if action else "")
-    match = getattr(request, "resolver_match", None)
-    if match is None:
-        return request.path
-    func = getattr(match.func, "view_class", match.func)
-    return f"{func.__module__}.{func.__qualname__}"
+        response: HttpResponseBase = problems.IN_FLIGHT.response()
+        signal = signals.conflict
+    elif claim.fingerprint != info.fingerprint:
+        response = problems.KEY_REUSED.response()
+        signal = signals.key_reused
+    else:
+        assert claim.response is not None
+        response = replay(claim.response)
+        signal = signals.replayed
+    _announce(signal, request, info, store, response.status_code)
+    return response
 
 
 def _content_length_is_a_number(request: HttpRequest) -> bool:

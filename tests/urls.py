@@ -54,6 +54,8 @@ urlpatterns = [
     path("async/ping/", async_views.ping),
     path("django/no-scope/", async_views.django_no_scope),
     path("django/upload/", async_views.django_upload),
+    path("echo-key/", async_views.echo_key),
+    path("django/echo-key/", async_views.django_echo_key),
     path("", include(async_router.urls)),
     path("", include(router.urls)),
     path("example/", include("example_project.wallet.urls")),

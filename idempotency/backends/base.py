@@ -109,6 +109,8 @@ class Store(abc.ABC):
     """Claims keys, keeps responses, and offers the unit of work that the
     handler runs in."""
 
+    #: The store's name in signals and log lines.
+    name: str
     #: ``True`` if the handler's database effects commit or roll back with
     #: the record (the database store's transaction); ``False`` if they stand
     #: whatever becomes of the record (Redis).

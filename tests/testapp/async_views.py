@@ -20,8 +20,10 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 from django.views.generic.edit import FormView
 from rest_framework import status
+from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
+from idempotency.context import idempotency_of
 from idempotency.decorators import idempotent
 from idempotency.mixins import IdempotentMixin
 
@@ -169,6 +171,22 @@ def django_upload(request):
     """Whatever the method, the body is what the fingerprint reads."""
     Execution.objects.create(label="django-upload", key=storable_key(request))
     return HttpResponse(status=201)
+
+
+@api_view(["POST"])
+@idempotent
+def echo_key(request):
+    """What a DRF handler sees of its key."""
+    seen = idempotency_of(request)
+    return Response({"key": seen.key, "scope": seen.scope}, status=201)
+
+
+@csrf_exempt
+@idempotent(required=False)
+async def django_echo_key(request):
+    """What a plain Django async handler sees of its key (None without one)."""
+    seen = idempotency_of(request)
+    return JsonResponse({"key": None if seen is None else seen.key}, status=201)
 
 
 async def ping(request):

@@ -31,6 +31,7 @@ from .statements import COLUMNS, Record, Statements, field, statements_for
 class DatabaseStore(Store):
     """Claims, completes and reads records on one database alias."""
 
+    name = "database"
     transactional = True
     unavailable = problems.DATABASE_UNAVAILABLE
     outage = "Database session lost"

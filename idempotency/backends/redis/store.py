@@ -54,6 +54,7 @@ class RedisStore(Store):
     """
 
     NAMESPACE = "redis"
+    name = "redis"
     transactional = False
     unavailable = problems.REDIS_UNAVAILABLE
     outage = "Redis unavailable"
