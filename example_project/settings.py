@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from corsheaders.defaults import default_headers
 
 BASE_DIR = Path(__file__).resolve().parent
 
@@ -25,6 +26,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "corsheaders",
     "idempotency",
     "example_project.wallet",
 ]
@@ -32,6 +34,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # Before CommonMiddleware, as django-cors-headers asks: it answers
+    # preflight requests itself.
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -77,6 +82,15 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
 }
+
+# Cross-origin calls (README.rst, "CORS"): pages on these origins may call
+# the API; the browser must be allowed to send the key and to read whether
+# an answer is a replay, and when to retry a 409.
+CORS_ALLOWED_ORIGINS = os.environ.get(
+    "EXAMPLE_CORS_ORIGINS", "http://localhost:8001,http://127.0.0.1:8001"
+).split(",")
+CORS_ALLOW_HEADERS = (*default_headers, "idempotency-key")
+CORS_EXPOSE_HEADERS = ["Idempotent-Replayed", "Retry-After"]
 
 # Seconds a charge holds its transaction open, to watch a duplicate's 409 by hand.
 EXAMPLE_CHARGE_DELAY = float(os.environ.get("EXAMPLE_CHARGE_DELAY", "0"))
