@@ -190,3 +190,25 @@ def post(
         )
     finally:
         connection.close()
+
+
+@contextmanager
+def example_project(directory: Path) -> Iterator[Server]:
+    """The example project, migrated on a SQLite file in ``directory`` (its
+    demo user included) and served by gunicorn until the block ends."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{directory / 'example.sqlite3'}",
+        "DJANGO_SETTINGS_MODULE": "example_project.settings",
+        "DEBUG": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "--verbosity=0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    with serve("gunicorn", env, directory / "gunicorn.log") as server:
+        yield server

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import base64
 import http.client
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 
@@ -23,22 +20,7 @@ DEMO = "Basic " + base64.b64encode(b"demo:demo").decode()
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory) -> Iterator[servers.Server]:
-    directory = tmp_path_factory.mktemp("cors")
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{directory / 'example.sqlite3'}",
-        "DJANGO_SETTINGS_MODULE": "example_project.settings",
-        "DEBUG": "0",
-        "PYTHONUNBUFFERED": "1",
-    }
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "--verbosity=0"],
-        cwd=servers.ROOT,
-        env=env,
-        check=True,
-        timeout=120,
-    )
-    with servers.serve("gunicorn", env, directory / "gunicorn.log") as server:
+    with servers.example_project(tmp_path_factory.mktemp("cors")) as server:
         yield server
 
 

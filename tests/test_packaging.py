@@ -102,6 +102,8 @@ def test_wheel_contents(wheel):
         "idempotency/management/commands/purge_idempotency_keys.py",
         "idempotency/backends/database/__init__.py",
         "idempotency/backends/database/postgresql.py",
+        "idempotency/backends/redis/store.py",
+        f"django_idempotency-{idempotency.__version__}.dist-info/licenses/LICENSE",
     ]:
         assert name in names
     dist_info = f"django_idempotency-{idempotency.__version__}.dist-info/"
@@ -119,6 +121,8 @@ def test_wheel_metadata(wheel):
     assert f"Version: {idempotency.__version__}" in lines
     assert "Requires-Dist: Django>=5.2" in lines
     assert "Requires-Dist: djangorestframework>=3.15" in lines
+    assert "License-Expression: MIT" in lines
+    assert "License-File: LICENSE" in lines
 
 
 def test_installed_wheel_works_outside_the_repo(wheel, tmp_path):
