@@ -38,6 +38,8 @@ class Problem:
         response = HttpResponse(
             json.dumps(document), status=self.status, content_type=CONTENT_TYPE
         )
+        # As DRF's tests read an answer's document (``response.data``).
+        response.data = document  # type: ignore[attr-defined]
         if self.status in (409, 503):
             response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response

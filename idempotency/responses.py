@@ -3,7 +3,10 @@ rebuilt byte for byte for every replay."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from functools import cached_property
+from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.http import HttpRequest, HttpResponse
@@ -136,10 +139,23 @@ class _Read:
         return b"".join(self.chunks)
 
 
+class ReplayedResponse(HttpResponse):
+    """A stored response, sent again."""
+
+    @cached_property
+    def data(self) -> Any:
+        """The body decoded, if it is JSON, as DRF's tests read the first
+        response's ``response.data``; else ``None``."""
+        content_type = self.get("Content-Type", "").split(";")[0].strip()
+        if content_type != "application/json" and not content_type.endswith("+json"):
+            return None
+        return json.loads(self.content)
+
+
 def replay(stored: StoredResponse) -> HttpResponse:
     """Rebuild a stored response: same status, body bytes and allow-listed
     headers, marked as a replay."""
-    response = HttpResponse(stored.body, status=stored.status)
+    response = ReplayedResponse(stored.body, status=stored.status)
     del response["Content-Type"]  # only the stored one, if any (a 204 has none)
     for name, value in stored.headers:
         response[name] = value

@@ -1,0 +1,125 @@
+"""Tools for a project's own tests of protected views: a client that sends
+keys, assertions for replays and problems, and (through the pytest plugin
+``idempotency.pytest_plugin``) fixtures.
+
+In a project whose existing tests post without a key, either send keys
+(``IdempotentAPIClient`` in place of DRF's ``APIClient``), or make keys
+optional for the tests that do not care (the ``idempotency_keys_optional``
+fixture, or ``keys_optional()``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.http.response import HttpResponseBase
+from django.test import override_settings
+from rest_framework.test import APIClient
+
+from .conf import settings
+from .options import UNSAFE_METHODS
+from .problems import CONTENT_TYPE, TYPE_PREFIX
+from .responses import REPLAYED_HEADER
+
+__all__ = ["IdempotentAPIClient", "assert_problem", "assert_replay", "keys_optional"]
+
+
+class IdempotentAPIClient(APIClient):
+    """DRF's ``APIClient``, sending a new key with every unsafe request
+    (POST, PUT, PATCH, DELETE) unless the test passes one, and able to send
+    its previous request again, with the same key: :meth:`retry`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_request: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+
+    def generic(  # type: ignore[override]
+        self,
+        method: str,
+        path: str,
+        data: Any = "",
+        content_type: str = "application/octet-stream",
+        secure: bool = False,
+        **extra: Any,
+    ) -> Any:
+        if method.upper() in UNSAFE_METHODS and not _has_key(extra):
+            extra["headers"] = {**(extra.get("headers") or {}), settings.HEADER: new_key()}
+        self.last_request = ((method, path, data, content_type, secure), dict(extra))
+        return super().generic(method, path, data, content_type, secure, **extra)
+
+    @property
+    def last_key(self) -> str | None:
+        """The key of the previous request, if it had one."""
+        if self.last_request is None:
+            return None
+        return _key_of(self.last_request[1])
+
+    def retry(self) -> Any:
+        """Send the previous request again, key and all, as a client that
+        timed out would."""
+        if self.last_request is None:
+            raise RuntimeError("retry() needs a request to send again.")
+        arguments, extra = self.last_request
+        return super().generic(*arguments, **extra)
+
+
+def new_key() -> str:
+    """A new key, as a client makes one: a random UUID."""
+    return str(uuid.uuid4())
+
+
+def _meta_name() -> str:
+    return "HTTP_" + settings.HEADER.upper().replace("-", "_")
+
+
+def _key_of(extra: dict[str, Any]) -> str | None:
+    headers = {name.lower(): value for name, value in (extra.get("headers") or {}).items()}
+    return headers.get(settings.HEADER.lower(), extra.get(_meta_name()))
+
+
+def _has_key(extra: dict[str, Any]) -> bool:
+    return _key_of(extra) is not None
+
+
+def assert_replay(first: HttpResponseBase, second: HttpResponseBase) -> None:
+    """``second`` is a faithful replay of ``first``: the same status and
+    body bytes, the allow-listed headers with the same values, and marked as
+    a replay (``first`` is not)."""
+    assert first.get(REPLAYED_HEADER) is None, "the first response is itself a replay"
+    assert second.get(REPLAYED_HEADER) == "true", "the second response is not a replay"
+    assert second.status_code == first.status_code, (second.status_code, first.status_code)
+    assert _body(second) == _body(first), "the replayed body differs from the first"
+    for name in settings.REPLAY_HEADERS:
+        assert second.get(name) == first.get(name), f"{name}: {second.get(name)!r}"
+
+
+def assert_problem(response: HttpResponseBase, problem: str, status: int | None = None) -> None:
+    """``response`` is the package's problem document of type ``problem``
+    (such as ``"key-missing"`` or ``"key-reused"``), with ``status`` if
+    given."""
+    assert response["Content-Type"] == CONTENT_TYPE, response["Content-Type"]
+    document = json.loads(_body(response))
+    assert document["type"] == TYPE_PREFIX + problem, document["type"]
+    assert document["status"] == response.status_code
+    if status is not None:
+        assert response.status_code == status, response.status_code
+
+
+def _body(response: HttpResponseBase) -> bytes:
+    if response.streaming:
+        return b"".join(response.streaming_content)  # type: ignore[attr-defined]
+    return response.content  # type: ignore[attr-defined]
+
+
+@contextmanager
+def keys_optional() -> Iterator[None]:
+    """Within the block, views whose options do not say otherwise run
+    without a key, as they would without the package (``REQUIRED`` off)."""
+    current = getattr(django_settings, "IDEMPOTENCY", {}) or {}
+    with override_settings(IDEMPOTENCY={**current, "REQUIRED": False}):
+        yield
