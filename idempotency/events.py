@@ -40,11 +40,15 @@ def announce(
     status: int | None,
     store: str | None,
 ) -> None:
-    """Send ``signal`` and log the event it stands for."""
+    """Send ``signal`` and log the event it stands for. Nothing is computed
+    unless a receiver or the log wants it: this runs on every request."""
+    level, what = LEVELS[signal]
+    logged = logger.isEnabledFor(level)
+    if not logged and not signal.receivers:
+        return
     view = view_name(request)
     key_hash = None if key is None else hash_key(key)
-    level, what = LEVELS[signal]
-    if logger.isEnabledFor(level):
+    if logged:
         logger.log(
             level,
             "%s %s: %s (status %s, view %s, scope %s, key %s, store %s)",
@@ -57,8 +61,6 @@ def announce(
             key_hash,
             store,
         )
-    if not signal.receivers:
-        return
     answers = signal.send_robust(
         sender=view, view=view, scope=scope, key_hash=key_hash, status=status, store=store
     )
