@@ -16,8 +16,9 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync, iscoroutinefunction, sync_to_async
 from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig, SuspiciousOperation
 from django.dispatch import Signal
 from django.http import HttpRequest, UnreadablePostError
@@ -109,6 +110,28 @@ async def _finish(task: asyncio.Future[HttpResponseBase]) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait([task])
     task.result()
+
+
+def guard(
+    handler: Callable[..., Any],
+    find_request: Callable[[tuple[Any, ...]], HttpRequest],
+    options: Options,
+) -> Callable[..., Any]:
+    """``handler``, answering through :func:`protect`, or :func:`aprotect`
+    if it is a coroutine function (it stays one: adrf and Django await it
+    only then). ``find_request`` picks the request out of its arguments.
+    What ``@idempotent`` and ``IdempotentMixin`` put in a handler's place."""
+    if iscoroutinefunction(handler):
+
+        async def protected_async(*args: Any, **kwargs: Any) -> Any:
+            return await aprotect(find_request(args), lambda: handler(*args, **kwargs), options)
+
+        return protected_async
+
+    def protected(*args: Any, **kwargs: Any) -> Any:
+        return protect(find_request(args), lambda: handler(*args, **kwargs), options)
+
+    return protected
 
 
 def _applies(request: HttpRequest, options: Options) -> bool:

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
-from asgiref.sync import iscoroutinefunction
 from django.contrib.auth.decorators import login_required, permission_required, user_passes_test
 from django.http import HttpRequest
 from django.middleware.csrf import CsrfViewMiddleware
@@ -21,7 +20,7 @@ from django.views import View
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from .core import aprotect, protect
+from .core import guard
 from .options import REDIS_BACKEND_VIEWS, FingerprintFunc, Options, ScopeFunc
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -85,21 +84,9 @@ def idempotent(
         if options.backend == "redis":
             REDIS_BACKEND_VIEWS.add(where)
 
-        wrapper: Callable[..., Any]
-        if iscoroutinefunction(handler):
-
-            @functools.wraps(handler)
-            async def wrapper(*args: Any, **kwargs: Any) -> Any:
-                request = _find_request(handler, args)
-                return await aprotect(request, lambda: handler(*args, **kwargs), resolved)
-
-        else:
-
-            @functools.wraps(handler)
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                request = _find_request(handler, args)
-                return protect(request, lambda: handler(*args, **kwargs), resolved)
-
+        wrapper = functools.wraps(handler)(
+            guard(handler, lambda args: _find_request(handler, args), resolved)
+        )
         setattr(wrapper, OPTIONS_ATTRIBUTE, resolved)
         return wrapper  # type: ignore[return-value]
 

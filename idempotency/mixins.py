@@ -7,11 +7,10 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, ClassVar
 
-from asgiref.sync import iscoroutinefunction
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from .core import aprotect, protect
+from .core import guard
 from .decorators import OPTIONS_ATTRIBUTE
 from .options import REDIS_BACKEND_VIEWS, FingerprintFunc, Options, ScopeFunc
 
@@ -71,18 +70,6 @@ class IdempotentMixin:
         # A handler decorated with @idempotent keeps its own options.
         if handler is None or hasattr(handler, OPTIONS_ATTRIBUTE):
             return
-        options = self.get_idempotency_options()
-        protected: Any
-        if iscoroutinefunction(handler):
-            # adrf awaits a handler that is a coroutine function: so must
-            # this one be.
-
-            async def protected(request: Request, *args: Any, **kwargs: Any) -> Any:
-                return await aprotect(request, lambda: handler(request, *args, **kwargs), options)
-
-        else:
-
-            def protected(request: Request, *args: Any, **kwargs: Any) -> Any:
-                return protect(request, lambda: handler(request, *args, **kwargs), options)
-
+        # The request comes first: the handler is a bound method.
+        protected = guard(handler, lambda args: args[0], self.get_idempotency_options())
         setattr(self, name, protected)
