@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
 from django.db import connections
-from rest_framework.test import APIClient
 
-from tests.testapp.models import Execution, User
-
-URL = "/function/"
+from tests.helpers import URL, executions, new_key, send
+from tests.testapp.models import User
 
 # What the concurrency tests sent and saw, printed at the end of the run.
 TALLY: dict[str, Counter[str]] = defaultdict(Counter)
@@ -29,13 +26,6 @@ def tally(test: str, responses: list, executions: int) -> None:
     for response in responses:
         replayed = "Idempotent-Replayed" in response
         counts[f"{response.status_code}{' replay' if replayed else ''}"] += 1
-
-
-def send(user: User, key: str, url: str = URL, data: dict | None = None):
-    """POST as ``user`` with ``key``; a 500 comes back as a response, not an exception."""
-    client = APIClient(raise_request_exception=False)
-    client.force_authenticate(user)
-    return client.post(url, data or {"amount": 1}, format="json", headers={"Idempotency-Key": key})
 
 
 def assert_one_original(responses: list) -> None:
@@ -98,7 +88,7 @@ def duplicate_of_a_held_request(user: User, gate: tuple[str, Any]) -> float:
     that it gets a 409 while the first is still held, then the first's replay
     once it has finished. Returns the seconds the 409 took."""
     name, held = gate
-    key = str(uuid.uuid4())
+    key = new_key()
     url = f"{URL}?gate={name}"
     first = Threads([lambda: send(user, key, url)])
     assert held.entered.wait(timeout=10)
@@ -117,7 +107,7 @@ def duplicate_of_a_held_request(user: User, gate: tuple[str, Any]) -> float:
     replay = send(user, key, url)
     assert replay["Idempotent-Replayed"] == "true"
     assert replay.content == original.content
-    assert Execution.objects.filter(key=key).count() == 1
+    assert executions(key) == 1
     LATENCIES["409 to a duplicate of a held request"] = elapsed
     return elapsed
 

@@ -5,10 +5,12 @@ import threading
 import uuid
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import connections
 from model_bakery import baker, random_gen
 from rest_framework.test import APIClient
 
+from tests.redis_proxy import RedisProxy
 from tests.testapp import views
 from tests.testapp.models import User
 
@@ -120,6 +122,27 @@ def barrier():
 
     yield make
     views.BARRIERS.clear()
+
+
+@pytest.fixture
+def redis_db():
+    """The test Redis database (the ``idempotency`` cache's, which REDIS_URL
+    names), empty before and after each test."""
+    from django_redis import get_redis_connection
+
+    connection = get_redis_connection("idempotency")
+    connection.flushdb()
+    yield connection
+    connection.flushdb()
+
+
+@pytest.fixture
+def redis_relay(redis_db):
+    """A relay to the test Redis that the test can cut (tests/redis_proxy.py),
+    cut when the test ends. The test points a cache alias at its ``url``."""
+    relay = RedisProxy(django_settings.REDIS_URL)
+    yield relay
+    relay.cut()
 
 
 @pytest.fixture

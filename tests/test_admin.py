@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -22,7 +21,8 @@ from rest_framework.test import APIRequestFactory
 
 from idempotency.keys import default_scope
 from idempotency.models import IdempotencyKey
-from tests.concurrency import URL, Threads, in_another_thread, send
+from tests.concurrency import Threads, in_another_thread
+from tests.helpers import URL, new_key, send
 from tests.testapp.models import Execution, User
 
 pytestmark = pytest.mark.django_db
@@ -523,7 +523,7 @@ def test_a_released_key_runs_the_handler_again(superuser_client, client, user):
 @pytest.mark.django_db(transaction=True)
 def test_a_key_being_taken_over_is_skipped_not_waited_for(superuser_client, user, gate):
     name, held = gate
-    key = str(uuid.uuid4())
+    key = new_key()
     send(user, key)
     # As a request that died holding the key leaves it once LOCK_TIMEOUT passes.
     IdempotencyKey.objects.filter(key=key).update(

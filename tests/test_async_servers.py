@@ -13,7 +13,6 @@ import json
 import os
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from django.contrib.auth import get_user_model
 from django.db import connections
 
 from tests import servers
-from tests.testapp.models import Execution
+from tests.helpers import executions, new_key
 
 # Transactional: the servers' requests see what a test commits, and each
 # test's leftovers are flushed after it.
@@ -65,10 +64,6 @@ def served_user(transactional_db) -> None:
     get_user_model().objects.create_user(servers.USERNAME, password=servers.PASSWORD)
 
 
-def executions(key: str) -> int:
-    return Execution.objects.filter(key=key).count()
-
-
 def duplicates(port: int, path: str, key: str, count: int) -> list[tuple[servers.Answer, float]]:
     """``count`` identical POSTs, sent at once from threads of their own,
     each with how long its answer took."""
@@ -100,7 +95,7 @@ HANDLERS = {
 
 @pytest.mark.parametrize("path", HANDLERS.values(), ids=HANDLERS.keys())
 def test_concurrent_duplicates_over_several_workers_run_once(uvicorn, path):
-    key = str(uuid.uuid4())
+    key = new_key()
     url = f"{path}?sleep={HANDLER_SECONDS}"
     answers = duplicates(uvicorn.port, url, key, DUPLICATES)
     statuses = Counter(answer.status for answer, _ in answers)
@@ -123,7 +118,7 @@ def test_concurrent_duplicates_over_several_workers_run_once(uvicorn, path):
 def test_many_keys_at_once_each_run_once(uvicorn):
     """Several keys' duplicates at once, so that the workers all hold
     claims together."""
-    keys = [str(uuid.uuid4()) for _ in range(4)]
+    keys = [new_key() for _ in range(4)]
     results: dict[str, list[tuple[servers.Answer, float]]] = {}
 
     def burst(key: str) -> None:
@@ -145,7 +140,7 @@ def test_many_keys_at_once_each_run_once(uvicorn):
 
 
 def test_an_async_handler_that_fails_leaves_nothing_and_frees_the_key(uvicorn):
-    key = str(uuid.uuid4())
+    key = new_key()
     failed = servers.post(
         uvicorn.port, "/async/function/?raise=1", b"{}", [("Idempotency-Key", key)]
     )
@@ -165,7 +160,7 @@ def test_redis_from_async_handlers_over_several_workers(served_env, tmp_path: Pa
     env = {**served_env, "SERVER_ACCELERATOR": "1" if accelerated else "0"}
     path = "/async/function/" if accelerated else "/async/redis/"
     with servers.serve("uvicorn", env, tmp_path / "log", workers=WORKERS, timeout=60) as server:
-        key = str(uuid.uuid4())
+        key = new_key()
         url = f"{path}?sleep={HANDLER_SECONDS}"
         answers = duplicates(server.port, url, key, DUPLICATES)
         statuses = Counter(answer.status for answer, _ in answers)

@@ -25,8 +25,8 @@ from django.test import AsyncClient, Client, override_settings
 from django.views.decorators.csrf import csrf_protect
 
 from idempotency.decorators import idempotent
+from tests.helpers import executions, new_key
 from tests.redis_proxy import RedisProxy, caches_with, other_database
-from tests.testapp.models import Execution
 
 pytestmark = pytest.mark.django_db
 
@@ -40,10 +40,6 @@ ASYNC_URLS = {
     "Django async View": "/django/async-view/",
 }
 SYNC_DJANGO_URLS = {"Django function": "/django/function/", "Django View": "/django/view/"}
-
-
-def new_key() -> str:
-    return str(uuid.uuid4())
 
 
 @pytest.fixture
@@ -72,10 +68,6 @@ def dpost(client: Client, url: str, key: str | None, data: object = None, **extr
     headers = {} if key is None else {"Idempotency-Key": key}
     body = json.dumps({"amount": 100} if data is None else data)
     return client.post(url, body, content_type="application/json", headers=headers, **extra)
-
-
-def runs(key: str) -> int:
-    return Execution.objects.filter(key=key).count()
 
 
 def problem_type(response) -> str:
@@ -107,7 +99,7 @@ def test_async_handler_runs_once_and_its_retry_is_replayed(aclient, url):
     assert retry.content == first.content
     assert retry["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in first
-    assert runs(key) == 1
+    assert executions(key) == 1
 
 
 @pytest.mark.parametrize("url", ASYNC_URLS.values(), ids=ASYNC_URLS.keys())
@@ -119,7 +111,7 @@ def test_async_handler_answers_the_problems(aclient, url):
     reused = apost(aclient, url, key, data={"amount": 200})
     assert reused.status_code == 422
     assert problem_type(reused) == "key-reused"
-    assert runs(key) == 1
+    assert executions(key) == 1
 
 
 @pytest.mark.parametrize("url", ASYNC_URLS.values(), ids=ASYNC_URLS.keys())
@@ -129,11 +121,11 @@ def test_async_handler_that_raises_rolls_back_its_awaited_writes(aclient, url):
     key = new_key()
     failed = apost(aclient, f"{url}?raise=1", key)
     assert failed.status_code == 500
-    assert runs(key) == 0
+    assert executions(key) == 0
     retry = apost(aclient, url, key)
     assert retry.status_code == 201
     assert "Idempotent-Replayed" not in retry
-    assert runs(key) == 1
+    assert executions(key) == 1
 
 
 def test_safe_methods_of_an_async_view_pass_through(aclient):
@@ -197,7 +189,7 @@ def test_plain_django_view_runs_once_and_replays(dclient, url):
     assert (retry.status_code, retry.content) == (201, first.content)
     assert retry["Idempotent-Replayed"] == "true"
     assert retry["Content-Type"] == first["Content-Type"]
-    assert runs(key) == 1
+    assert executions(key) == 1
     assert dpost(dclient, url, key, data={"amount": 5}).status_code == 422
     assert problem_type(dpost(dclient, url, None)) == "key-missing"
 
@@ -205,9 +197,9 @@ def test_plain_django_view_runs_once_and_replays(dclient, url):
 def test_plain_django_view_that_raises_rolls_back_and_frees_the_key(dclient):
     key = new_key()
     assert dpost(dclient, "/django/function/?raise=1", key).status_code == 500
-    assert runs(key) == 0
+    assert executions(key) == 0
     assert dpost(dclient, "/django/function/", key).status_code == 201
-    assert runs(key) == 1
+    assert executions(key) == 1
 
 
 def test_plain_django_views_scope_by_the_session_user(dclient, other_user):
@@ -221,7 +213,7 @@ def test_plain_django_views_scope_by_the_session_user(dclient, other_user):
     assert theirs.status_code == 201
     assert "Idempotent-Replayed" not in theirs
     assert theirs.content != mine.content
-    assert runs(key) == 2
+    assert executions(key) == 2
 
 
 def test_login_required_runs_before_protection(db):
@@ -230,7 +222,7 @@ def test_login_required_runs_before_protection(db):
     key = new_key()
     response = dpost(Client(), "/django/function/", key)
     assert response.status_code == 302
-    assert runs(key) == 0
+    assert executions(key) == 0
 
 
 def test_plain_django_stream_and_template_response_are_stored_whole(dclient):
@@ -240,7 +232,7 @@ def test_plain_django_stream_and_template_response_are_stored_whole(dclient):
     assert b"".join(first.streaming_content) == b"chunk-0;chunk-1;chunk-2;chunk-3;chunk-4;"
     retry = dpost(dclient, "/django/stream/", key)
     assert retry.content == b"chunk-0;chunk-1;chunk-2;chunk-3;chunk-4;"
-    assert runs(key) == 1
+    assert executions(key) == 1
 
     key = new_key()
     invalid = dclient.post("/django/form/", {"note": ""}, headers={"Idempotency-Key": key})
@@ -253,7 +245,7 @@ def test_plain_django_stream_and_template_response_are_stored_whole(dclient):
     assert (done.status_code, done["Location"]) == (302, "/done/")
     again = dclient.post("/django/form/", {"note": "hi"}, headers={"Idempotency-Key": key})
     assert (again.status_code, again["Location"]) == (302, "/done/")
-    assert runs(key) == 1
+    assert executions(key) == 1
 
 
 @pytest.mark.redis
@@ -370,7 +362,7 @@ def test_plain_django_multipart_put_is_fingerprinted_by_its_bytes(dclient):
     assert put(b"one").status_code == 201
     assert put(b"one")["Idempotent-Replayed"] == "true"
     assert put(b"two").status_code == 422
-    assert runs(key) == 1
+    assert executions(key) == 1
 
 
 def test_a_plain_django_body_already_streamed_away_is_an_error():

@@ -29,13 +29,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tests import servers
+from tests.helpers import new_key
 
 pytestmark = pytest.mark.redis
 
@@ -68,7 +68,7 @@ def first_requests(port: int, paths: tuple[str, ...]) -> list[tuple[int, str]]:
                 port,
                 path,
                 json.dumps({"amount": 1}).encode(),
-                [("Idempotency-Key", str(uuid.uuid4()))],
+                [("Idempotency-Key", new_key())],
                 connection,
             )
             result = (answer.status, f"{path} {answer.body[:300]!r}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
@@ -22,15 +21,14 @@ from rest_framework.test import APIClient
 
 from idempotency.models import IdempotencyKey
 from tests.concurrency import (
-    URL,
     Threads,
     assert_one_original,
     duplicate_of_a_held_request,
     in_another_thread,
     kill_session,
-    send,
     tally,
 )
+from tests.helpers import URL, executions, new_key, send
 from tests.testapp.models import Execution
 
 pytestmark = [pytest.mark.server_db, pytest.mark.django_db(transaction=True)]
@@ -39,15 +37,11 @@ DUPLICATES = 12
 ROUNDS = 5
 
 
-def executions(key: str) -> int:
-    return Execution.objects.filter(key=key).count()
-
-
 def duplicates_while_the_first_is_held(user, gate, label: str) -> None:
     """One round: DUPLICATES requests with one key, released together; the one
     that claims it is held until every other has been answered."""
     name, held = gate
-    key = str(uuid.uuid4())
+    key = new_key()
     held.entered.clear()
     held.release.clear()
     threads = Threads([lambda: send(user, key, f"{URL}?gate={name}")] * DUPLICATES)
@@ -67,7 +61,7 @@ def test_g1_simultaneous_duplicates_run_once_while_the_first_is_held(user, gate)
 
 def test_g1_simultaneous_duplicates_run_once(user):
     for _round in range(ROUNDS):
-        key = str(uuid.uuid4())
+        key = new_key()
         responses = Threads([lambda key=key: send(user, key)] * DUPLICATES).join()
         tally("duplicates released together", responses, executions(key))
         assert executions(key) == 1
@@ -84,7 +78,7 @@ def test_g1_anonymous_duplicates_run_once():
         )
 
     for _round in range(ROUNDS):
-        key = str(uuid.uuid4())
+        key = new_key()
         responses = Threads([lambda key=key: anonymous(key)] * DUPLICATES).join()
         tally("anonymous duplicates released together", responses, executions(key))
         assert executions(key) == 1
@@ -103,7 +97,7 @@ def test_distinct_keys_run_in_parallel(user, barrier):
     # claim waited for another, the barrier in the handler would break.
     name = barrier(DUPLICATES)
     url = f"{URL}?barrier={name}"
-    keys = [str(uuid.uuid4()) for _ in range(DUPLICATES)]
+    keys = [new_key() for _ in range(DUPLICATES)]
     responses = Threads([lambda key=key: send(user, key, url) for key in keys]).join()
     assert [r.status_code for r in responses] == [201] * DUPLICATES
     assert Execution.objects.filter(key__in=keys).count() == DUPLICATES
@@ -111,7 +105,7 @@ def test_distinct_keys_run_in_parallel(user, barrier):
 
 def test_g4_two_users_with_one_key_run_in_parallel(user, other_user, barrier):
     name = barrier(2)
-    key = str(uuid.uuid4())
+    key = new_key()
     url = f"{URL}?barrier={name}"
     alice, bob = Threads([lambda: send(user, key, url), lambda: send(other_user, key, url)]).join()
     assert alice.status_code == bob.status_code == 201
@@ -123,7 +117,7 @@ def test_g4_two_users_with_one_key_run_in_parallel(user, other_user, barrier):
 
 def test_g2_nothing_is_visible_until_effects_and_record_commit_together(user, gate):
     name, held = gate
-    key = str(uuid.uuid4())
+    key = new_key()
     first = Threads([lambda key=key: send(user, key, f"{URL}?gate={name}")])
     assert held.entered.wait(timeout=10)
     # Seen from another connection, the handler's write and the claim are
@@ -138,7 +132,7 @@ def test_g2_nothing_is_visible_until_effects_and_record_commit_together(user, ga
 
 def test_g5_a_worker_that_loses_its_connection_frees_the_key_and_never_runs_twice(user, gate):
     name, held = gate
-    key = str(uuid.uuid4())
+    key = new_key()
     url = f"{URL}?gate={name}"
     first = Threads([lambda: send(user, key, url)])
     assert held.entered.wait(timeout=10)
@@ -162,7 +156,7 @@ def test_g5_a_hung_worker_loses_its_claim_after_lock_timeout(user, gate, setting
     # session once it has sat idle in its transaction for LOCK_TIMEOUT.
     settings.IDEMPOTENCY = {"LOCK_TIMEOUT": 1}
     name, held = gate
-    key = str(uuid.uuid4())
+    key = new_key()
     url = f"{URL}?gate={name}"
     first = Threads([lambda: send(user, key, url)])
     assert held.entered.wait(timeout=10)
@@ -181,7 +175,7 @@ def test_g5_a_hung_worker_loses_its_claim_after_lock_timeout(user, gate, setting
 
 def test_an_expired_record_is_taken_over_exactly_once(user):
     for _round in range(ROUNDS):
-        key = str(uuid.uuid4())
+        key = new_key()
         send(user, key)
         IdempotencyKey.objects.filter(key=key).update(
             expires_at=timezone.now() - timedelta(seconds=1)
@@ -203,7 +197,7 @@ def test_the_purge_skips_a_record_being_taken_over(user, gate):
     # Waiting for the takeover's row lock would hold the purge's other
     # deletions uncommitted, stalling new claims on those keys meanwhile.
     name, held = gate
-    taken, other = str(uuid.uuid4()), str(uuid.uuid4())
+    taken, other = new_key(), new_key()
     send(user, taken)
     send(user, other)
     IdempotencyKey.objects.update(expires_at=timezone.now() - timedelta(seconds=1))

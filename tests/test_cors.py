@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import base64
 import http.client
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from tests import servers
+from tests.helpers import new_key
 
 PAGE = "http://localhost:8001"  # an origin the example project allows
 DEMO = "Basic " + base64.b64encode(b"demo:demo").decode()
@@ -77,7 +77,7 @@ def test_the_page_can_read_whether_an_answer_is_a_replay(example):
         "Origin": PAGE,
         "Authorization": DEMO,
         "Content-Type": "application/json",
-        "Idempotency-Key": str(uuid.uuid4()),
+        "Idempotency-Key": new_key(),
     }
     body = b'{"amount": 1}'
     first = call(example, "POST", request, body)

@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
 from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
 from django.db import DatabaseError, connection
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from idempotency.backends.database import UnsupportedDatabase, dialect_for
 from idempotency.models import IdempotencyKey
-from tests.concurrency import in_another_thread, kill_session, send
+from tests.concurrency import in_another_thread, kill_session
+from tests.helpers import executions, new_key, send
 from tests.testapp.models import Execution
 from tests.testapp.views import backend_id
 
@@ -77,7 +76,7 @@ def test_a_connection_lost_mid_request_answers_503_and_runs_nothing(user, phase)
             in_another_thread(lambda: kill_session(session))
         return execute(sql, params, many, context)
 
-    key = str(uuid.uuid4())
+    key = new_key()
     with connection.execute_wrapper(kill_before):
         response = send(user, key)
     assert killed
@@ -105,7 +104,7 @@ def test_a_connection_lost_at_commit_answers_503_and_runs_nothing(user, monkeypa
         return commit()
 
     monkeypatch.setattr(connection, "_commit", kill_then_commit)
-    key = str(uuid.uuid4())
+    key = new_key()
     response = send(user, key)
     monkeypatch.undo()
     assert killed
@@ -135,7 +134,7 @@ def test_an_error_on_a_live_session_stays_a_500(user):
         return execute(sql, params, many, context)
 
     with connection.execute_wrapper(abort_before_the_savepoint):
-        response = send(user, str(uuid.uuid4()))
+        response = send(user, new_key())
     assert aborted
     assert response.status_code == 500
     assert response["Content-Type"] != "application/problem+json"
@@ -145,7 +144,7 @@ def test_an_error_on_a_live_session_stays_a_500(user):
 @pytest.mark.server_db
 @pytest.mark.django_db(transaction=True)
 def test_an_unreachable_database_answers_503(user):
-    key = str(uuid.uuid4())
+    key = new_key()
     connection.close()
     # A worker that never reached the server: even telling MariaDB from MySQL
     # would need it.
@@ -160,7 +159,7 @@ def test_an_unreachable_database_answers_503(user):
         connection.settings_dict["PORT"] = port
     assert_database_unavailable(response)
     assert send(user, key).status_code == 201
-    assert Execution.objects.filter(key=key).count() == 1
+    assert executions(key) == 1
 
 
 @pytest.mark.vendor("sqlite")
@@ -168,9 +167,7 @@ def test_an_unreachable_database_answers_503(user):
 def test_an_unexpected_sqlite_error_propagates(user):
     with connection.cursor() as cursor:  # rolled back with the test's transaction
         cursor.execute(f"DROP TABLE {IdempotencyKey._meta.db_table}")
-    client = APIClient(raise_request_exception=False)
-    client.force_authenticate(user)
-    response = client.post("/function/", {}, format="json", headers={"Idempotency-Key": "k"})
+    response = send(user, "k", data={})
     assert response.status_code == 500
     assert not Execution.objects.exists()
 
@@ -181,7 +178,7 @@ def test_a_record_purged_in_the_middle_of_a_claim_answers_409(user):
     # On PostgreSQL the claim holds the key's advisory lock but no row lock,
     # so the purge can delete an expired record between the claim statement,
     # which read it, and the takeover.
-    key = str(uuid.uuid4())
+    key = new_key()
     send(user, key)
     IdempotencyKey.objects.filter(key=key).update(expires_at=timezone.now() - timedelta(1))
     purged = []
@@ -197,11 +194,11 @@ def test_a_record_purged_in_the_middle_of_a_claim_answers_409(user):
         response = send(user, key)
     assert purged
     assert response.status_code == 409
-    assert Execution.objects.filter(key=key).count() == 1
+    assert executions(key) == 1
     retry = send(user, key)
     assert retry.status_code == 201
     assert "Idempotent-Replayed" not in retry
-    assert Execution.objects.filter(key=key).count() == 2
+    assert executions(key) == 2
 
 
 def test_the_key_column_on_an_unsupported_database_keeps_its_defaults(monkeypatch):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from rest_framework.test import APIClient
 
 from example_project.wallet.models import Charge, Order, Wallet
 from tests.concurrency import Threads
+from tests.helpers import client_for, new_key, post
 from tests.testapp.models import User
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -26,8 +26,7 @@ def demo(db) -> APIClient:
 
 
 def charge(client, key: str | None, amount: int):
-    headers = {} if key is None else {"Idempotency-Key": key}
-    return client.post("/example/charges/", {"amount": amount}, format="json", headers=headers)
+    return post(client, key, url="/example/charges/", amount=amount)
 
 
 def test_the_demo_user_starts_with_1000_points(demo):
@@ -35,7 +34,7 @@ def test_the_demo_user_starts_with_1000_points(demo):
 
 
 def test_a_double_clicked_charge_deducts_once(demo):
-    key = str(uuid.uuid4())
+    key = new_key()
     first = charge(demo, key, 100)
     second = charge(demo, key, 100)
     assert first.status_code == 201
@@ -48,7 +47,7 @@ def test_a_double_clicked_charge_deducts_once(demo):
 
 
 def test_the_same_key_for_another_amount_is_refused(demo):
-    key = str(uuid.uuid4())
+    key = new_key()
     charge(demo, key, 100)
     assert charge(demo, key, 5).status_code == 422
     assert charge(demo, None, 5).status_code == 400
@@ -56,7 +55,7 @@ def test_the_same_key_for_another_amount_is_refused(demo):
 
 
 def test_not_enough_points_is_a_stored_outcome(demo):
-    key = str(uuid.uuid4())
+    key = new_key()
     refused = charge(demo, key, 5000)
     assert refused.status_code == 402
     assert refused.json() == {"detail": "Not enough points: the balance is 1000."}
@@ -64,13 +63,13 @@ def test_not_enough_points_is_a_stored_outcome(demo):
 
 
 def test_an_invalid_amount_is_not_stored(demo):
-    key = str(uuid.uuid4())
+    key = new_key()
     assert charge(demo, key, 0).status_code == 400
     assert charge(demo, key, 100).status_code == 201  # the key was still free
 
 
 def test_orders_take_a_key_for_every_change(demo):
-    key = str(uuid.uuid4())
+    key = new_key()
     headers = {"Idempotency-Key": key}
     created = demo.post("/example/orders/", {"product": "pen"}, format="json", headers=headers)
     again = demo.post("/example/orders/", {"product": "pen"}, format="json", headers=headers)
@@ -81,7 +80,7 @@ def test_orders_take_a_key_for_every_change(demo):
     assert (
         demo.patch(f"/example/orders/{order}/", {"quantity": 2}, format="json").status_code == 400
     )
-    cancel = {"Idempotency-Key": str(uuid.uuid4())}
+    cancel = {"Idempotency-Key": new_key()}
     assert demo.delete(f"/example/orders/{order}/", headers=cancel).status_code == 204
     assert demo.delete(f"/example/orders/{order}/", headers=cancel).status_code == 204
     assert not Order.objects.exists()
@@ -93,12 +92,10 @@ def test_ten_simultaneous_clicks_deduct_once():
     # A transactional test starts from an empty database: no demo user.
     user = User.objects.create_user(username="clicker", password="pw")
     Wallet.objects.create(user=user, balance=1000)
-    key = str(uuid.uuid4())
+    key = new_key()
 
     def click():
-        client = APIClient(raise_request_exception=False)
-        client.force_authenticate(user)
-        return charge(client, key, 100)
+        return charge(client_for(user), key, 100)
 
     responses = Threads([click] * 10).join()
     assert sorted({r.status_code for r in responses}) in ([201], [201, 409])

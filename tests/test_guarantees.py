@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import uuid
 
 import pytest
 from django.core.cache import cache
@@ -18,23 +17,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from idempotency.models import IdempotencyKey
+from tests.helpers import URL, client_for, new_key, post
 from tests.testapp.models import Execution
-
-URL = "/function/"
-
-
-def new_key() -> str:
-    return str(uuid.uuid4())
-
-
-def post(client, key, data=None, url=URL, **kwargs):
-    return client.post(
-        url,
-        {"amount": 1} if data is None else data,
-        format="json",
-        headers={"Idempotency-Key": key},
-        **kwargs,
-    )
 
 
 @pytest.mark.django_db(transaction=True)
@@ -48,8 +32,7 @@ class TestG2Atomic:
         assert IdempotencyKey.objects.get(key=key).state == IdempotencyKey.State.COMPLETED
 
     def test_a_failure_after_the_effects_commits_neither(self, user):
-        client = APIClient(raise_request_exception=False)
-        client.force_authenticate(user)
+        client = client_for(user)
         key = new_key()
         assert post(client, key, url=URL + "?raise=error").status_code == 500
         assert not Execution.objects.exists()
@@ -249,8 +232,7 @@ class TestG8AtomicRequests:
         assert Execution.objects.count() == 1
 
     def test_an_exception_rolls_back_and_frees_the_key(self, user):
-        client = APIClient(raise_request_exception=False)
-        client.force_authenticate(user)
+        client = client_for(user)
         key = new_key()
         assert post(client, key, url=URL + "?raise=error").status_code == 500
         assert post(client, key, url=URL + "?raise=validation").status_code == 400
@@ -280,8 +262,7 @@ class TestG8OtherDatabase:
         assert Execution.objects.using("other").count() == 1
 
     def test_effects_on_that_alias_roll_back_with_the_claim(self, user):
-        client = APIClient(raise_request_exception=False)
-        client.force_authenticate(user)
+        client = client_for(user)
         key = new_key()
         assert post(client, key, url="/other-database/?raise=1").status_code == 500
         assert not Execution.objects.using("other").exists()

@@ -16,21 +16,17 @@ import io
 import json
 import threading
 import time
-import uuid
 
 import pytest
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.wsgi import WSGIHandler
 
 from idempotency.decorators import idempotent
+from tests.helpers import executions, new_key
 from tests.testapp import hostile_views
 from tests.testapp.models import Execution
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def new_key() -> str:
-    return str(uuid.uuid4())
 
 
 class Answer:
@@ -107,13 +103,6 @@ def post(path: str, key: str | None, **kwargs) -> Answer:
     return asyncio.run(asgi_post(path, key, **kwargs))
 
 
-def runs(key: str, label: str | None = None) -> int:
-    rows = Execution.objects.filter(key=key)
-    if label is not None:
-        rows = rows.filter(label=label)
-    return rows.count()
-
-
 @pytest.fixture(autouse=True)
 def clean_state():
     hostile_views.EFFECTS.clear()
@@ -153,10 +142,10 @@ def test_a_client_that_hangs_up_gets_the_replay_when_it_retries_database(kind):
     key = new_key()
     first = post(f"/hostile/{kind}_db_slow/?sleep=0.5", key, disconnect_after=0.1)
     assert first.status is None
-    assert runs(key) == 1
+    assert executions(key) == 1
     retry = post(f"/hostile/{kind}_db_slow/?sleep=0.5", key)
     assert retry.headers.get("idempotent-replayed") == "true"
-    assert (runs(key), hostile_views.EFFECTS.count(key)) == (1, 1)
+    assert (executions(key), hostile_views.EFFECTS.count(key)) == (1, 1)
 
 
 def test_a_handler_that_fails_after_its_client_hung_up_is_logged(caplog):
@@ -165,7 +154,7 @@ def test_a_handler_that_fails_after_its_client_hung_up_is_logged(caplog):
     key = new_key()
     post("/hostile/async_db_slow/?sleep=0.3&raise=1", key, disconnect_after=0.1)
     assert "RuntimeError: the provider refused" in caplog.text
-    assert runs(key) == 0
+    assert executions(key) == 0
     assert post("/hostile/async_db_slow/", key).status == 201
 
 
@@ -187,15 +176,15 @@ def test_a_task_left_running_cannot_reach_the_database_after_the_handler_returns
 
     key = new_key()
     asyncio.run(scenario("/hostile/async_background_unprotected/", key))
-    assert runs(key, "attack-background") == 1
+    assert executions(key, "attack-background") == 1
     assert hostile_views.BG_ERRORS == []
 
     key = new_key()
     hostile_views.TASKS.clear()
     asyncio.run(scenario("/hostile/async_background/", key))
-    assert runs(key, "attack-main") == 1
+    assert executions(key, "attack-main") == 1
     assert hostile_views.BG_ERRORS == ["RuntimeError"]
-    assert runs(key, "attack-background") == 0
+    assert executions(key, "attack-background") == 0
 
 
 def test_gather_of_orm_calls_joins_the_transaction_and_rolls_back():
@@ -203,11 +192,11 @@ def test_gather_of_orm_calls_joins_the_transaction_and_rolls_back():
     ok = post("/hostile/async_gather/", key)
     assert ok.status == 201, ok
     assert json.loads(ok.body)["in_transaction"] == [True, True, True]
-    assert runs(key) == 5
+    assert executions(key) == 5
     key = new_key()
     failed = post("/hostile/async_gather/?raise=1", key)
     assert failed.status == 500
-    assert runs(key) == 0
+    assert executions(key) == 0
 
 
 # Not on SQLite, where the other thread's write waits for the claim's lock.
@@ -215,7 +204,7 @@ def test_gather_of_orm_calls_joins_the_transaction_and_rolls_back():
 def test_thread_insensitive_write_escapes_the_transaction_as_documented():
     key = new_key()
     assert post("/hostile/async_unsafe_thread/", key).status == 500
-    assert runs(key) == 1  # README: outside the transaction
+    assert executions(key) == 1  # README: outside the transaction
 
 
 # --------------------------------------------------------------------------
@@ -230,11 +219,11 @@ def test_async_stream_is_drained_inside_the_transaction():
     replay = post("/hostile/async_stream/", key)
     assert (replay.status, replay.body) == (201, ok.body)
     assert replay.headers["idempotent-replayed"] == "true"
-    assert runs(key) == 3
+    assert executions(key) == 3
     key = new_key()
     failed = post("/hostile/async_stream/?raise=1", key)
     assert failed.status == 500
-    assert runs(key) == 0
+    assert executions(key) == 0
 
 
 # --------------------------------------------------------------------------
@@ -273,10 +262,10 @@ def test_async_handler_session_terminated_answers_503_and_commits_nothing(again)
     killer.join()
     assert answer.status == 503, answer
     assert answer.headers["content-type"] == "application/problem+json"
-    assert runs(key) == 0
+    assert executions(key) == 0
     retry = post("/hostile/async_killed/", key)
     assert retry.status == 201
-    assert runs(key) == 1
+    assert executions(key) == 1
 
 
 # --------------------------------------------------------------------------
@@ -364,7 +353,7 @@ def test_a_plain_view_body_cut_off_after_the_csrf_check_read_it_is_400(content_t
     )
     assert status == 400, (status, content[:300])
     assert b"body-malformed" in content
-    assert runs(key) == 0
+    assert executions(key) == 0
 
 
 def test_plain_view_body_cut_off_without_csrf_read_is_400():
@@ -408,7 +397,7 @@ def test_plain_view_multipart_put_is_fingerprinted_by_its_bytes():
         content_type="multipart/form-data; boundary=b",
     )
     assert reused.status == 422
-    assert runs(key) == 1
+    assert executions(key) == 1
 
 
 def test_idempotent_applied_twice_runs_once():
@@ -416,7 +405,7 @@ def test_idempotent_applied_twice_runs_once():
     assert post("/hostile/twice/", key).status == 201
     replay = post("/hostile/twice/", key)
     assert replay.headers["idempotent-replayed"] == "true"
-    assert runs(key) == 1
+    assert executions(key) == 1
 
 
 def test_a_view_made_of_a_partial_is_protected(user):
@@ -438,7 +427,7 @@ def test_a_view_made_of_a_partial_is_protected(user):
         response = protected(request)
     assert (response.status_code, response.content) == (201, b"partial")
     assert response["Idempotent-Replayed"] == "true"
-    assert runs(key) == 1
+    assert executions(key) == 1
 
 
 def test_adrf_wrong_orders_are_refused_at_import():
@@ -464,7 +453,7 @@ def test_head_and_get_pass_through_plain_views():
     key = new_key()
     assert client.get("/hostile/twice/", headers={"Idempotency-Key": key}).status_code == 201
     assert client.get("/hostile/twice/", headers={"Idempotency-Key": key}).status_code == 201
-    assert runs(key) == 2
+    assert executions(key) == 2
 
 
 # --------------------------------------------------------------------------

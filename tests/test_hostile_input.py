@@ -21,7 +21,6 @@ import base64
 import json
 import operator
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from hypothesis import strategies as st
 from example_project.wallet.models import Charge, Order, Wallet
 from idempotency.conf import settings as idempotency_settings
 from idempotency.models import IdempotencyKey
+from tests.helpers import new_key
 from tests.testapp.models import Execution, Item
 
 # On every database: the servers check what their columns take (NUL bytes,
@@ -624,7 +624,7 @@ def test_deeply_nested_json(alice, depth, closed, content_type):
     RecursionError escape (a 500 with or without the package), so a view that
     parses JSON would not tell the package's share apart."""
     body = b"[" * depth + (b"]" * depth if closed else b"")
-    send = request("PUT", "/upload/a.bin", str(uuid.uuid4()), content_type, body)
+    send = request("PUT", "/upload/a.bin", new_key(), content_type, body)
     with rolled_back():
         before = state()
         response = send()
@@ -642,7 +642,7 @@ def test_a_content_length_that_is_not_a_number(alice, content_length):
     # Without a key this view runs unprotected: DRF reads the body as empty.
     assert send("/optional/", None).status_code == 201
     before = state()
-    response = send(FUNCTION.path, str(uuid.uuid4()))
+    response = send(FUNCTION.path, new_key())
     assert response.status_code == 400
     assert response["Content-Type"] == "application/problem+json"
     assert json.loads(response.content)["detail"] == (

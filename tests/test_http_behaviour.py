@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -12,27 +12,17 @@ from asgiref.sync import async_to_sync
 from django.db import connections
 from django.test import override_settings
 from django.utils import timezone
-from model_bakery import baker
-from rest_framework.test import APIClient
 
 from idempotency.backends.database import MAX_ALLOWED_PACKETS
 from idempotency.models import IdempotencyKey
+from tests import helpers
+from tests.helpers import URL, client_for, in_flight_record, new_key
 from tests.testapp.models import Execution
 
 pytestmark = pytest.mark.django_db
 
-URL = "/function/"
-
-
-def new_key() -> str:
-    return str(uuid.uuid4())
-
-
-def post(client, key=None, data=None, url=URL, method="post", **extra):
-    headers = {} if key is None else {"Idempotency-Key": key}
-    return getattr(client, method)(
-        url, {"amount": 100} if data is None else data, format="json", headers=headers, **extra
-    )
+# helpers.post with this file's body when the test gives none: {"amount": 100}.
+post = functools.partial(helpers.post, amount=100)
 
 
 def problem(slug: str, status: int, title: str, detail: str) -> dict:
@@ -223,13 +213,7 @@ class TestInFlight:
         # The concurrent case is in test_concurrency.py; here the record is left
         # in flight as a commit outside the package (e.g. MariaDB DDL) would.
         key = new_key()
-        baker.make(
-            IdempotencyKey,
-            scope=f"testapp.user:{user.pk}",
-            key=key,
-            state=IdempotencyKey.State.IN_FLIGHT,
-            expires_at=timezone.now() + timedelta(seconds=60),
-        )
+        in_flight_record(user, key, timedelta(seconds=60))
         response = post(client, key)
         assert_problem(response, IN_FLIGHT)
         assert response["Retry-After"] == "1"
@@ -237,13 +221,7 @@ class TestInFlight:
 
     def test_an_in_flight_record_past_lock_timeout_is_taken_over(self, client, user):
         key = new_key()
-        baker.make(
-            IdempotencyKey,
-            scope=f"testapp.user:{user.pk}",
-            key=key,
-            state=IdempotencyKey.State.IN_FLIGHT,
-            expires_at=timezone.now() - timedelta(seconds=1),
-        )
+        in_flight_record(user, key, -timedelta(seconds=1))
         response = post(client, key)
         assert response.status_code == 201
         assert Execution.objects.filter(key=key).count() == 1
@@ -406,8 +384,7 @@ class TestHandlerFailure:
         assert post(client, key).status_code == 201  # a corrected request (other path) runs
 
     def test_any_exception_rolls_back_and_frees_the_key(self, user):
-        client = APIClient(raise_request_exception=False)
-        client.force_authenticate(user)
+        client = client_for(user)
         key = new_key()
         assert post(client, key, url=URL + "?raise=error").status_code == 500
         assert not Execution.objects.exists()

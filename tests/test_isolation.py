@@ -57,7 +57,8 @@ from rest_framework.test import APIClient
 from idempotency.backends.base import RequestInfo
 from idempotency.backends.database import MARIADB, DatabaseStore
 from idempotency.models import IdempotencyKey
-from tests.concurrency import URL, Threads, in_another_thread, tally
+from tests.concurrency import Threads, in_another_thread, tally
+from tests.helpers import URL, executions, new_key
 from tests.testapp import views
 from tests.testapp.models import Execution
 
@@ -339,10 +340,6 @@ def request(
     return Outcome(response, observer, _raised.exc)
 
 
-def executions(key: str) -> int:
-    return Execution.objects.filter(key=key).count()
-
-
 def check_levels(outcomes: list[Outcome], level: Level) -> None:
     seen = [value for outcome in outcomes for value in outcome.observer.levels]
     assert seen, "no claim succeeded, so the isolation level was never read back"
@@ -375,7 +372,7 @@ def test_a_duplicate_whose_snapshot_predates_the_first_commit(user, gate, level,
     claims. ``expired``: the key's record has expired and the first request
     takes it over (an UPDATE of the row, where a new key is an INSERT)."""
     name, held = gate
-    key = str(uuid.uuid4())
+    key = new_key()
     url = f"{URL}?gate={name}"
     at_claim, committed = threading.Event(), threading.Event()
     notes: dict[str, Any] = {}
@@ -458,7 +455,7 @@ def test_b_duplicates_released_together(user, level, atomic, basic, expired):
     could, all answered 409, and the retry takes it over)."""
     rounds = []
     for _round in range(ROUNDS):
-        key = str(uuid.uuid4())
+        key = new_key()
         if expired:
             assert request(user, key, level).status == 201
             IdempotencyKey.objects.filter(key=key).update(
@@ -512,7 +509,7 @@ def test_c_distinct_keys_released_together(user, level, atomic, expired):
     for _round in range(ROUNDS):
         name = uuid.uuid4().hex
         url = f"{URL}?barrier={name}"
-        keys = [str(uuid.uuid4()) for _ in range(THREADS)]
+        keys = [new_key() for _ in range(THREADS)]
         if expired:
             for key in keys:  # the same request, before the barrier exists
                 assert request(user, key, level, url).status == 201
@@ -567,7 +564,7 @@ def test_a_locking_read_that_meets_a_lock_leaves_the_answer_to_a_retry(user, tra
     # MariaDB at REPEATABLE READ: the plain read of a stale read view misses
     # the record, and the locking read that follows meets another
     # transaction's lock on it: no answer now (a 409), never a wait.
-    key = str(uuid.uuid4())
+    key = new_key()
     connection = connections["default"]
     locked, release = threading.Event(), threading.Event()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import servers
+from tests.helpers import new_key
 
 KINDS = ["gunicorn", "uvicorn", "runserver"]
 LIST = (
@@ -42,7 +42,7 @@ def charge(server: servers.Server, path: str, *keys: str) -> servers.Answer:
 
 
 def test_a_header_line_sent_twice_is_refused_not_run(server, project):
-    key = str(uuid.uuid4())
+    key = new_key()
     twice = charge(server, "/function/", key, key)
     assert twice.status == 400
     assert twice.headers["content-type"] == "application/problem+json"
@@ -57,14 +57,14 @@ def test_a_header_line_sent_twice_is_refused_not_run(server, project):
 
 
 def test_two_keys_on_two_lines_are_refused(server, project):
-    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    first, second = new_key(), new_key()
     assert charge(server, "/function/", first, second).status == 400
     assert project.executions(first) == project.executions(second) == 0
 
 
 @pytest.mark.parametrize("query", ["stream=2500", "stream=2500&async=1"])
 def test_a_stream_is_served_stored_and_replayed(server, project, query):
-    key = str(uuid.uuid4())
+    key = new_key()
     first = charge(server, f"/function/?{query}", key)
     assert first.status == 200
     assert first.body == b"x" * 2500
@@ -85,7 +85,7 @@ def test_sqlite_under_atomic_requests_runs_every_key_once(project, tmp_path: Pat
         "gunicorn", env, tmp_path / "gunicorn.log", threads=KEYS * COPIES
     ) as served:
         for _round in range(ROUNDS):
-            keys = [str(uuid.uuid4()) for _ in range(KEYS)]
+            keys = [new_key() for _ in range(KEYS)]
             barrier = threading.Barrier(KEYS * COPIES)
             answers: dict[str, list[servers.Answer]] = {key: [] for key in keys}
 

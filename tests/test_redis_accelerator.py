@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -25,22 +24,13 @@ from django_redis import get_redis_connection
 from idempotency import accelerator
 from idempotency.backends.base import RequestInfo, StoredResponse
 from idempotency.models import IdempotencyKey
-from tests.concurrency import Threads, assert_one_original, in_another_thread, send, tally
-from tests.redis_proxy import RedisProxy, caches_with, other_database
-from tests.testapp.models import Execution
+from tests.concurrency import Threads, assert_one_original, in_another_thread, tally
+from tests.helpers import URL, executions, new_key, send
+from tests.redis_proxy import caches_with, other_database
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
-URL = "/function/"
 ACCELERATED = {"REDIS": "idempotency"}
-
-
-def new_key() -> str:
-    return str(uuid.uuid4())
-
-
-def executions(key: str) -> int:
-    return Execution.objects.filter(key=key).count()
 
 
 def copies(connection) -> list[bytes]:
@@ -63,22 +53,20 @@ def awake():
 
 
 @pytest.fixture
-def redis_db():
-    connection = get_redis_connection("idempotency")
-    connection.flushdb()
+def redis_db(redis_db):
+    """conftest's empty test Redis, with the accelerator in front of the
+    database store."""
     with override_settings(IDEMPOTENCY=ACCELERATED):
-        yield connection
-    connection.flushdb()
+        yield redis_db
 
 
 @pytest.fixture
-def proxy(redis_db):
-    """The accelerator reaching Redis through a relay the test can cut."""
-    relay = RedisProxy(django_settings.REDIS_URL)
-    caches = caches_with("proxied", relay.url)
+def proxy(redis_db, redis_relay):
+    """The accelerator reaching Redis through conftest's relay, which the
+    test can cut."""
+    caches = caches_with("proxied", redis_relay.url)
     with override_settings(CACHES=caches, IDEMPOTENCY={"REDIS": "proxied"}):
-        yield relay
-    relay.cut()
+        yield redis_relay
 
 
 def test_replay_sends_no_sql(user, redis_db):

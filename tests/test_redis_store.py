@@ -8,23 +8,24 @@ cut between the package and Redis (``tests.redis_proxy``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
-import uuid
 from datetime import timedelta
 
 import pytest
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
-from django_redis import get_redis_connection
 from rest_framework.test import APIClient
 
 from idempotency.backends import redis as redis_backend
 from idempotency.backends.base import Claim, Completion, Outcome, RequestInfo, StoredResponse
+from tests import helpers
 from tests.concurrency import Threads, assert_one_original, tally
-from tests.redis_proxy import RedisProxy, caches_with, other_database
+from tests.helpers import new_key
+from tests.redis_proxy import caches_with, other_database
 from tests.testapp.views import OUTSIDE_RUNS
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db]
@@ -33,24 +34,14 @@ URL = "/redis/charge/"
 REDIS = {"REDIS": "idempotency", "REDIS_ACCELERATOR": False}
 
 
-def new_key() -> str:
-    return str(uuid.uuid4())
-
-
-def post(client, key, url=URL, data=None, **extra):
-    headers = {} if key is None else {"Idempotency-Key": key}
-    return client.post(
-        url, {"amount": 100} if data is None else data, format="json", headers=headers, **extra
-    )
+# helpers.post to the Redis store's view, with its body when the test gives none:
+# {"amount": 100}.
+post = functools.partial(helpers.post, url=URL, amount=100)
 
 
 def send(user, key: str, url: str = URL, gate: str = ""):
-    """POST as ``user`` from a client of its own (threads each need one),
-    held by ``gate`` if named; a 500 comes back as a response."""
-    client = APIClient(raise_request_exception=False)
-    client.force_authenticate(user)
-    headers = {"Idempotency-Key": key, "X-Gate": gate}
-    return client.post(url, {"amount": 1}, format="json", headers=headers)
+    """``helpers.send`` to the Redis store's view, held by ``gate`` if named."""
+    return helpers.send(user, key, url, headers={"X-Gate": gate})
 
 
 def runs(key: str) -> int:
@@ -62,23 +53,13 @@ def stored_keys(connection) -> list[bytes]:
 
 
 @pytest.fixture
-def redis_db():
-    """The test Redis database, empty before and after each test."""
-    connection = get_redis_connection("idempotency")
-    connection.flushdb()
-    yield connection
-    connection.flushdb()
-
-
-@pytest.fixture
-def proxy(redis_db):
-    """A ``proxied`` cache alias reaching the test Redis through a relay the
-    test can cut, and the settings that make the Redis store use it."""
-    relay = RedisProxy(django_settings.REDIS_URL)
-    caches = caches_with("proxied", relay.url)
+def proxy(redis_relay):
+    """A ``proxied`` cache alias reaching the test Redis through conftest's
+    relay, which the test can cut, and the settings that make the Redis
+    store use it."""
+    caches = caches_with("proxied", redis_relay.url)
     with override_settings(CACHES=caches, IDEMPOTENCY={**REDIS, "REDIS": "proxied"}):
-        yield relay
-    relay.cut()
+        yield redis_relay
 
 
 # CONTRACT section 2, row by row.

@@ -6,13 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from rest_framework.test import APIClient
 
 from idempotency.models import IdempotencyKey
+from tests.helpers import new_key
 from tests.testapp.models import Execution, ServiceAccount
 
 pytestmark = pytest.mark.django_db
@@ -51,7 +51,7 @@ class TestDefaultScope:
         # A custom authentication class returns a service account whose
         # primary key equals the user's: two principals, two executions.
         ServiceAccount.objects.create(id=user.pk, name="billing")
-        key = str(uuid.uuid4())
+        key = new_key()
         mine = as_principal(f"user:{user.username}", key)
         theirs = as_principal("account:billing", key)
         assert mine.status_code == theirs.status_code == 201
@@ -64,14 +64,14 @@ class TestDefaultScope:
         }
 
     def test_a_proxy_models_instance_is_the_same_principal(self, user):
-        key = str(uuid.uuid4())
+        key = new_key()
         as_principal(f"user:{user.username}", key)
         retry = as_principal(f"staff:{user.username}", key)
         assert retry["Idempotent-Replayed"] == "true"
         assert Execution.objects.count() == 1
 
     def test_a_principal_that_is_not_a_model_is_named_by_its_class(self, user):
-        key = str(uuid.uuid4())
+        key = new_key()
         as_principal(f"user:{user.username}", key)
         plain = as_principal(f"plain:{user.pk}", key)
         assert plain.status_code == 201
@@ -85,7 +85,7 @@ class TestDefaultScope:
 
         customer = Customer(user_ptr=user, plan="gold")
         customer.save_base(raw=True)  # the child's row, on the user's
-        key = str(uuid.uuid4())
+        key = new_key()
         as_principal(f"user:{user.username}", key)
         retry = as_principal(f"customer:{user.username}", key)
         assert retry["Idempotent-Replayed"] == "true"
@@ -159,7 +159,7 @@ class TestMissingScope:
     def test_two_browsers_without_a_session_never_share_a_response(self, db):
         # The defect: both scopes were the string "None", and the second
         # browser received the first one's response.
-        key = str(uuid.uuid4())
+        key = new_key()
         for _browser in range(2):
             response = APIClient().post(
                 "/by-session-key/", {"amount": 1}, format="json", headers={"Idempotency-Key": key}
@@ -183,7 +183,7 @@ class TestSessionScope:
 
     def test_a_browser_that_retries_gets_its_replay(self, db):
         browser = self.browser()
-        key = str(uuid.uuid4())
+        key = new_key()
         first = self.charge(browser, key)
         retry = self.charge(browser, key)
         assert first.status_code == 201
@@ -192,7 +192,7 @@ class TestSessionScope:
         assert Execution.objects.count() == 1
 
     def test_two_browsers_with_one_key_run_twice_and_never_see_each_other(self, db):
-        key = str(uuid.uuid4())
+        key = new_key()
         first = self.charge(self.browser(), key)
         second = self.charge(self.browser(), key)
         assert second.status_code == 201

@@ -14,7 +14,8 @@ from django.db import connections
 
 from idempotency.backends.database import DatabaseStore
 from idempotency.models import IdempotencyKey
-from tests.concurrency import Threads, send
+from tests.concurrency import Threads
+from tests.helpers import new_key, send
 from tests.testapp import views
 from tests.testapp.models import Execution
 
@@ -69,7 +70,7 @@ def test_the_loser_of_a_write_skew_gets_a_retryable_409(user, serializable, wher
     views.BARRIERS[name] = threading.Barrier(2)
     url = f"{URL}?barrier={name}"
     order = Order(where)
-    first_key, second_key = str(uuid.uuid4()), str(uuid.uuid4())
+    first_key, second_key = new_key(), new_key()
 
     def first():
         try:

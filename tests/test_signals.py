@@ -6,31 +6,18 @@ from __future__ import annotations
 import json
 import logging
 import re
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.utils import timezone
-from model_bakery import baker
 
 from idempotency import signals
 from idempotency.events import hash_key
-from idempotency.models import IdempotencyKey
+from tests.helpers import in_flight_record, new_key, post
 
 pytestmark = pytest.mark.django_db
 
-URL = "/function/"
 EVENTS = ("claimed", "completed", "replayed", "conflict", "key_reused", "key_refused")
-
-
-def new_key() -> str:
-    return str(uuid.uuid4())
-
-
-def post(client, key, data=None, url=URL):
-    headers = {} if key is None else {"Idempotency-Key": key}
-    return client.post(url, data or {"amount": 1}, format="json", headers=headers)
 
 
 @pytest.fixture
@@ -77,13 +64,7 @@ def test_each_answer_sends_its_signal(client, user, heard):
 
 def test_a_duplicate_in_flight_sends_conflict(client, user, heard):
     key = new_key()
-    baker.make(
-        IdempotencyKey,
-        scope=f"testapp.user:{user.pk}",
-        key=key,
-        state=IdempotencyKey.State.IN_FLIGHT,
-        expires_at=timezone.now() + timedelta(minutes=1),
-    )
+    in_flight_record(user, key, timedelta(minutes=1))
     assert post(client, key).status_code == 409
     assert [(event, kwargs["status"]) for event, kwargs in heard] == [("conflict", 409)]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -18,29 +17,22 @@ from idempotency.conf import DEFERRED_PATHS, DeferredPath
 from idempotency.decorators import idempotent
 from idempotency.mixins import IdempotentMixin
 from idempotency.models import IdempotencyKey
+from tests.helpers import executions, keyed_request, new_key
 from tests.testapp.models import Execution, Item
 
 pytestmark = pytest.mark.django_db
 
 
-def send(client, method, url, key=None, data=None):
-    headers = {} if key is None else {"Idempotency-Key": key}
-    return getattr(client, method)(url, data, format="json", headers=headers)
-
-
 def assert_runs_once(client, method, url, data=None, label=None):
     """Send a request twice with one key: one run, then an identical replay."""
-    key = str(uuid.uuid4())
-    first = send(client, method, url, key, data)
-    retry = send(client, method, url, key, data)
+    key = new_key()
+    first = keyed_request(client, method, url, key, data)
+    retry = keyed_request(client, method, url, key, data)
     assert first.status_code < 300, first.content
     assert retry.status_code == first.status_code
     assert retry.content == first.content
     assert retry["Idempotent-Replayed"] == "true"
-    runs = Execution.objects.filter(key=key)
-    if label is not None:
-        runs = runs.filter(label=label)
-    assert runs.count() == 1
+    assert executions(key, label) == 1
     return first
 
 
@@ -113,7 +105,8 @@ class TestModelViewSet:
             ("delete", f"/items/{item.pk}/"),
             ("post", f"/items/{item.pk}/restock/"),
         ]:
-            assert send(client, method, url, data={"name": "x"}).status_code == 400, (method, url)
+            response = keyed_request(client, method, url, data={"name": "x"})
+            assert response.status_code == 400, (method, url)
         assert not Execution.objects.exists()
 
 
@@ -128,17 +121,15 @@ class TestDecoratedViewSet:
 
     def test_undecorated_actions_are_untouched(self, client):
         item = baker.make(Item)
-        assert (
-            send(client, "patch", f"/decorated-items/{item.pk}/", data={"name": "x"}).status_code
-            == 200
-        )
+        url = f"/decorated-items/{item.pk}/"
+        assert keyed_request(client, "patch", url, data={"name": "x"}).status_code == 200
 
 
 class TestMixinOptions:
     def test_class_attributes_apply(self, client):
         # required=False, methods=["POST"], scope by tenant header.
-        send(client, "post", "/optional-items/", data={"name": "a"})
-        send(client, "post", "/optional-items/", data={"name": "a"})
+        keyed_request(client, "post", "/optional-items/", data={"name": "a"})
+        keyed_request(client, "post", "/optional-items/", data={"name": "a"})
         assert Item.objects.count() == 2
         assert not IdempotencyKey.objects.exists()
         first = client.post(
@@ -152,16 +143,16 @@ class TestMixinOptions:
 
     def test_methods_outside_the_option_pass_through(self, client):
         item = baker.make(Item)
-        response = send(client, "put", f"/optional-items/{item.pk}/", "k", {"name": "x"})
+        response = keyed_request(client, "put", f"/optional-items/{item.pk}/", "k", {"name": "x"})
         assert response.status_code == 200
         assert not IdempotencyKey.objects.exists()
 
     def test_a_decorated_action_keeps_its_own_options(self, client):
         # The mixin requires a key; the decorated action says required=False.
-        assert send(client, "post", "/mixed-items/bulk/").status_code == 200
-        assert send(client, "post", "/mixed-items/bulk/").status_code == 200
+        assert keyed_request(client, "post", "/mixed-items/bulk/").status_code == 200
+        assert keyed_request(client, "post", "/mixed-items/bulk/").status_code == 200
         assert Execution.objects.filter(label="bulk").count() == 2
-        assert send(client, "post", "/mixed-items/").status_code == 400
+        assert keyed_request(client, "post", "/mixed-items/").status_code == 400
 
     def test_get_idempotency_options_hook(self):
         class View(IdempotentMixin, APIView):
