@@ -27,6 +27,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "corsheaders",
+    "drf_spectacular",
     "idempotency",
     "example_project.wallet",
 ]
@@ -81,6 +82,16 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # drf-spectacular's AutoSchema, which also documents the key header, the
+    # replay header and the problem responses of protected operations.
+    "DEFAULT_SCHEMA_CLASS": "idempotency.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Points wallet",
+    "DESCRIPTION": "The example project of django-idempotency: charges and orders that a "
+    "retry or a double click never runs twice.",
+    "VERSION": "1.0.0",
 }
 
 # Cross-origin calls (README.rst, "CORS"): pages on these origins may call

@@ -16,6 +16,7 @@ class IdempotencyConfig(AppConfig):
         from .backends.redis import prepare as prepare_redis
         from .checks import (
             check_database,
+            check_openapi,
             check_redis,
             check_settings,
             check_sqlite_transactions,
@@ -32,6 +33,7 @@ class IdempotencyConfig(AppConfig):
         checks.register(check_settings)
         checks.register(check_view_options)
         checks.register(check_sqlite_transactions)
+        checks.register(check_openapi)
         checks.register(check_redis, checks.Tags.caches)
         checks.register(check_database, checks.Tags.database)
 

@@ -1,6 +1,6 @@
 """System checks for ``settings.IDEMPOTENCY``: mistakes show up in
 ``manage.py check`` (and every ``runserver``/``migrate``), not at the first
-request. Each message has a stable id, listed in README.rst."""
+request. Each message has a stable id, listed in docs/settings.rst."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
 from django.conf import settings as django_settings
 from django.core import checks
 from django.db import connections
@@ -265,6 +265,37 @@ def _sqlite_transactions(alias: str, database: dict[str, Any]) -> list[checks.Ch
             "request's transaction then waits for the write lock (up to the connection's "
             "timeout) as it begins.",
             id="idempotency.W004",
+        )
+    ]
+
+
+def check_openapi(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """With drf-spectacular, the key header and the problem responses are in
+    the schema only if its schema class documents them."""
+    if not apps.is_installed("drf_spectacular"):
+        return []
+    from drf_spectacular.openapi import AutoSchema
+    from rest_framework.settings import api_settings
+
+    from .openapi import IdempotencySchemaMixin
+
+    schema_class = api_settings.DEFAULT_SCHEMA_CLASS
+    if not isinstance(schema_class, type) or not issubclass(schema_class, AutoSchema):
+        return []  # another generator, which drf-spectacular reports itself
+    if issubclass(schema_class, IdempotencySchemaMixin):
+        return []
+    return [
+        checks.Warning(
+            "drf-spectacular's schema does not document protected operations: their "
+            f"{settings.HEADER} header, the replay header and the problem responses "
+            "(400, 409, 413, 422, 503) are missing from it.",
+            hint='Set REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = '
+            '"idempotency.openapi.AutoSchema", or put '
+            "idempotency.openapi.IdempotencySchemaMixin first among the bases of your own "
+            "schema class.",
+            id="idempotency.W005",
         )
     ]
 

@@ -93,6 +93,18 @@ def idempotent(
     return decorator(func) if func is not None else decorator
 
 
+def options_of(handler: Any) -> Options | None:
+    """The options ``@idempotent`` gave ``handler``, or ``None`` if it did not
+    decorate it. They are found on the handler (``functools.wraps`` copies
+    them up through other decorators) or, for an ``@api_view`` function, on
+    the function that DRF's generated handler method calls."""
+    for candidate in (handler, *_closed_over(handler, depth=1)):
+        options = getattr(candidate, OPTIONS_ATTRIBUTE, None)
+        if isinstance(options, Options):
+            return options
+    return None
+
+
 def _refuse_wrong_target(handler: Any) -> None:
     """Refuse what ``@idempotent`` cannot protect, with the fix: when the
     module is imported, or, where ``method_decorator`` applies it (on each

@@ -15,9 +15,11 @@ from .decorators import OPTIONS_ATTRIBUTE
 from .options import REDIS_BACKEND_VIEWS, FingerprintFunc, Options, ScopeFunc
 
 
+# Runs each unsafe request of a view at most once per Idempotency-Key. A
+# comment, not a docstring: schema generators (drf-spectacular) describe an
+# operation by the first docstring in its view's MRO, so a docstring here
+# would describe every operation of every view without one of its own.
 class IdempotentMixin:
-    """Run each unsafe request of this view at most once per Idempotency-Key."""
-
     # Each defaults to the IDEMPOTENCY setting of the same name.
     idempotency_ttl: timedelta | float | None = None
     idempotency_required: bool | None = None

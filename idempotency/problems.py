@@ -4,13 +4,14 @@ They are plain ``HttpResponse`` objects rather than DRF ``Response`` objects:
 content negotiation must not turn a 409 into a 406 for a client that only
 accepts ``application/json``, and the body must never depend on the view's
 renderers. Each ``type`` is a tag URI (RFC 4151): stable and unique, and
-documented in README.rst under "Problem types".
+documented in docs/http.rst under "Problem types".
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from django.http import HttpResponse
 
@@ -28,13 +29,21 @@ class Problem:
     title: str
     detail: str
 
-    def response(self, **detail_args: str) -> HttpResponse:
-        document = {
-            "type": TYPE_PREFIX + self.slug,
+    @property
+    def type(self) -> str:
+        return TYPE_PREFIX + self.slug
+
+    def document(self, **detail_args: str) -> dict[str, Any]:
+        """The problem document, its detail filled in with ``detail_args``."""
+        return {
+            "type": self.type,
             "title": self.title,
             "status": self.status,
             "detail": self.detail.format(header=settings.HEADER, **detail_args),
         }
+
+    def response(self, **detail_args: str) -> HttpResponse:
+        document = self.document(**detail_args)
         response = HttpResponse(
             json.dumps(document), status=self.status, content_type=CONTENT_TYPE
         )

@@ -193,13 +193,15 @@ def post(
 
 
 @contextmanager
-def example_project(directory: Path) -> Iterator[Server]:
+def example_project(
+    directory: Path, settings: str = "example_project.settings"
+) -> Iterator[Server]:
     """The example project, migrated on a SQLite file in ``directory`` (its
     demo user included) and served by gunicorn until the block ends."""
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{directory / 'example.sqlite3'}",
-        "DJANGO_SETTINGS_MODULE": "example_project.settings",
+        "DJANGO_SETTINGS_MODULE": settings,
         "DEBUG": "0",
         "PYTHONUNBUFFERED": "1",
     }

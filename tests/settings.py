@@ -100,4 +100,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    # tests/test_openapi.py: @extend_schema builds on the class set here when
+    # it decorates a view, as it does in a project.
+    "DEFAULT_SCHEMA_CLASS": "idempotency.openapi.AutoSchema",
 }
