@@ -1,2 +1,2 @@
 """Benchmarks of django-idempotency: run them as ``python -m benchmarks.<name>``
-from the repository root (README.rst, "Performance")."""
+from the repository root (docs/performance.rst)."""

@@ -1,4 +1,5 @@
-"""The load harness: CONTRACT section 3 under production conditions.
+"""The load harness: the package's guarantees under production conditions
+(docs/load-testing.rst).
 
 gunicorn serves the example project with several worker processes on
 127.0.0.1; this process drives it over real HTTP and then checks the outcome

@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "REQUIRED": True,
     "SCOPE": "idempotency.keys.default_scope",
     "FINGERPRINT": "idempotency.fingerprint.default_fingerprint",
-    # What describes the stored representation (README.rst, "REPLAY_HEADERS").
+    # What describes the stored representation (docs/settings.rst, "REPLAY_HEADERS").
     "REPLAY_HEADERS": (
         "Cache-Control",
         "Content-Disposition",
