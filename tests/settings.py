@@ -3,7 +3,7 @@
 The database comes from ``DATABASE_URL`` (in-memory SQLite when unset), for
 example ``postgres://postgres@127.0.0.1:5432/test`` or
 ``mysql://root@127.0.0.1:3306/test``. A second alias, ``other``, on the same
-server proves that the key table can live on any alias (CONTRACT G8).
+server proves that the key table can live on any alias.
 """
 
 import os

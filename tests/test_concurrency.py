@@ -1,4 +1,4 @@
-"""G1, G2, G4 and G5 under real concurrent transactions.
+"""Exactly once, atomic, scoped and crash safe, under real concurrent transactions.
 
 Each request runs in its own thread with its own database connection, so the
 transactions really overlap on PostgreSQL and MariaDB. What counts as an

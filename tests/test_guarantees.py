@@ -1,4 +1,4 @@
-"""CONTRACT section 3, the guarantees that need no concurrency to prove
+"""The guarantees (docs/concurrency.rst) that need no concurrency to prove
 (the concurrent ones are in test_concurrency.py), and section 7's statement
 budget."""
 
@@ -385,7 +385,7 @@ def _statements(queries) -> list[str]:
 
 @pytest.mark.django_db
 class TestStatementBudget:
-    """CONTRACT section 7: a first execution adds the claim and the stored
+    """docs/performance.rst: a first execution adds the claim and the stored
     response; a replay issues at most two statements (one on PostgreSQL, whose
     claim statement also reads the record); a rejection issues none."""
 

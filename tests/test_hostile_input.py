@@ -1,4 +1,4 @@
-"""CONTRACT G7 under generated input: whatever a client sends (any header
+"""Bad input gets a clear 4xx, under generated input: whatever a client sends (any header
 value, any body, method or content type, any size, many headers), the package
 answers below 500, leaves no record behind for a request it refuses, and
 replays a request it accepted byte for byte.
@@ -8,7 +8,7 @@ a WSGI server hands them over) and sent through Django's test client, which
 re-raises any exception a view let escape. Each example runs in a savepoint
 that is rolled back, so no state leaks from one example to the next.
 
-The response side of CONTRACT §2, a body over ``MAX_RESPONSE_BYTES`` and a
+The response side of docs/http.rst, a body over ``MAX_RESPONSE_BYTES`` and a
 streaming response, is pinned with exact expectations by
 ``test_http_behaviour.py::TestLargeAndStreamingResponses`` and
 ``test_guarantees.py::TestG2Atomic::test_a_response_that_cannot_be_stored_commits_neither``;
@@ -561,7 +561,7 @@ def test_any_body_and_content_type(alice, target, payload, key):
         if is_problem(response):
             document = assert_problem_document(response)
             if document["type"] == TYPE_PREFIX + "response-too-large":
-                # The documented 500 (CONTRACT section 2): a view whose
+                # The documented 500 (docs/http.rst): a view whose
                 # fingerprint ignores the body, under a DRF that reads JSON past
                 # Django's limit (3.15), echoed a body larger than
                 # MAX_RESPONSE_BYTES. Nothing may be left behind.

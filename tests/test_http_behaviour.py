@@ -1,4 +1,4 @@
-"""Every row of CONTRACT section 2, through real requests to a protected view."""
+"""Every row of docs/http.rst, through real requests to a protected view."""
 
 from __future__ import annotations
 

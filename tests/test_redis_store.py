@@ -1,4 +1,4 @@
-"""The Redis-only store (``backend="redis"``): CONTRACT section 2 row by row,
+"""The Redis-only store (``backend="redis"``): docs/http.rst row by row,
 exactly once under concurrent duplicates, leases and takeover, outages.
 
 Against the real Redis that REDIS_URL names; an outage is a real TCP relay
@@ -62,7 +62,7 @@ def proxy(redis_relay):
         yield redis_relay
 
 
-# CONTRACT section 2, row by row.
+# docs/http.rst, row by row.
 
 
 def test_first_request_runs_and_is_stored_with_its_expiry(client, redis_db):

@@ -5,7 +5,7 @@ from django.db import models
 
 
 class User(AbstractUser):
-    """A custom user model with a UUID key, as many projects have (G8)."""
+    """A custom user model with a UUID key, as many projects have."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
 

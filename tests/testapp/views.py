@@ -223,7 +223,7 @@ def throttled(request):
 @idempotent
 def other_database(request):
     # The handler's data lives on the "other" alias, and so does the key
-    # table under IDEMPOTENCY["DATABASE"] = "other" (G8).
+    # table under IDEMPOTENCY["DATABASE"] = "other" (the key table may live on any alias).
     execution = record(request, "other-db", using="other")
     if request.query_params.get("raise"):
         raise RuntimeError("handler failed")
