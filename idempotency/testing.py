@@ -26,7 +26,13 @@ from .options import UNSAFE_METHODS
 from .problems import CONTENT_TYPE, TYPE_PREFIX
 from .responses import REPLAYED_HEADER
 
-__all__ = ["IdempotentAPIClient", "assert_problem", "assert_replay", "keys_optional"]
+__all__ = [
+    "IdempotentAPIClient",
+    "assert_problem",
+    "assert_replay",
+    "keys_optional",
+    "keys_required",
+]
 
 
 class IdempotentAPIClient(APIClient):
@@ -120,6 +126,21 @@ def _body(response: HttpResponseBase) -> bytes:
 def keys_optional() -> Iterator[None]:
     """Within the block, views whose options do not say otherwise run
     without a key, as they would without the package (``REQUIRED`` off)."""
+    with _required(False):
+        yield
+
+
+@contextmanager
+def keys_required() -> Iterator[None]:
+    """Within the block, views whose options do not say otherwise refuse a
+    request without a key (``REQUIRED`` on): for a test of that ``400`` in a
+    suite that :func:`keys_optional` covers."""
+    with _required(True):
+        yield
+
+
+@contextmanager
+def _required(required: bool) -> Iterator[None]:
     current = getattr(django_settings, "IDEMPOTENCY", {}) or {}
-    with override_settings(IDEMPOTENCY={**current, "REQUIRED": False}):
+    with override_settings(IDEMPOTENCY={**current, "REQUIRED": required}):
         yield

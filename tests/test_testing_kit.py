@@ -9,7 +9,13 @@ from importlib.metadata import entry_points
 import pytest
 from rest_framework.test import APIClient
 
-from idempotency.testing import IdempotentAPIClient, assert_problem, assert_replay, keys_optional
+from idempotency.testing import (
+    IdempotentAPIClient,
+    assert_problem,
+    assert_replay,
+    keys_optional,
+    keys_required,
+)
 from tests.testapp.models import Execution
 
 pytestmark = pytest.mark.django_db
@@ -87,6 +93,17 @@ def test_an_existing_suite_runs_with_keys_optional(idempotency_keys_optional, us
     that post without a key green."""
     existing = APIClient()
     existing.force_authenticate(user)
+    assert existing.post(URL, {"amount": 1}, format="json").status_code == 201
+
+
+def test_one_test_of_such_a_suite_requires_keys_again(idempotency_keys_optional, user):
+    """The README's test of the 400, in a suite whose conftest.py makes keys
+    optional."""
+    existing = APIClient()
+    existing.force_authenticate(user)
+    with keys_required():
+        response = existing.post(URL, {"amount": 1}, format="json")
+    assert_problem(response, "key-missing", status=400)
     assert existing.post(URL, {"amount": 1}, format="json").status_code == 201
 
 
