@@ -7,7 +7,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("example_project.wallet.urls")),
-    # The OpenAPI schema, and Swagger UI to read it in a browser.
+    # The OpenAPI schema, and Swagger UI to read it in a browser. Public
+    # here; a real project chooses who may read it (SERVE_PERMISSIONS).
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/schema/ui/", SpectacularSwaggerView.as_view(url_name="schema"), name="schema-ui"),
 ]

@@ -156,23 +156,11 @@ def prepare(request: HttpRequest, options: Options) -> RequestInfo | HttpRespons
     if not _content_length_is_a_number(request):
         # Django cannot read such a body at all (DRF alone would read it as
         # empty): the client must fix its framing, and nothing is claimed.
-        return problems.BODY_MALFORMED.response(reason="Content-Length is not a number.")
-    try:
-        fingerprint = _fingerprint(request, options)
-    except RequestDataTooBig:
-        return problems.BODY_TOO_LARGE.response()
-    except ParseError as exc:
-        # DRF could not parse the body (it wraps multipart errors this way).
-        return problems.BODY_MALFORMED.response(reason=str(exc.detail))
-    except (SuspiciousOperation, UnreadablePostError, MultiPartParserError) as exc:
-        # Too many fields or files, a broken multipart body, or a client that
-        # hung up mid-body.
-        return problems.BODY_MALFORMED.response(reason=str(exc) or type(exc).__name__)
-    except RawPostDataException:
-        # A plain Django view's body that is gone: the CSRF check read the
-        # form, and the client hung up before its end (Django then leaves
-        # the form empty rather than fail).
-        return problems.BODY_MALFORMED.response(reason="The body could not be read whole.")
+        response = problems.BODY_MALFORMED.response(reason="Content-Length is not a number.")
+        return _refused(request, response, key=key, scope=None)
+    fingerprint = _fingerprint_or_problem(request, options)
+    if not isinstance(fingerprint, str):
+        return _refused(request, fingerprint, key=key, scope=None)
     scope = options.get_scope()(request)
     if is_missing(scope):
         # Never a scope of its own: every client it was returned for would
@@ -372,6 +360,26 @@ def _content_length_is_a_number(request: HttpRequest) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _fingerprint_or_problem(request: HttpRequest, options: Options) -> str | HttpResponseBase:
+    """The request's fingerprint, or the problem that its body is."""
+    try:
+        return _fingerprint(request, options)
+    except RequestDataTooBig:
+        return problems.BODY_TOO_LARGE.response()
+    except ParseError as exc:
+        # DRF could not parse the body (it wraps multipart errors this way).
+        return problems.BODY_MALFORMED.response(reason=str(exc.detail))
+    except (SuspiciousOperation, UnreadablePostError, MultiPartParserError) as exc:
+        # Too many fields or files, a broken multipart body, or a client that
+        # hung up mid-body.
+        return problems.BODY_MALFORMED.response(reason=str(exc) or type(exc).__name__)
+    except RawPostDataException:
+        # A plain Django view's body that is gone: the CSRF check read the
+        # form, and the client hung up before its end (Django then leaves
+        # the form empty rather than fail).
+        return problems.BODY_MALFORMED.response(reason="The body could not be read whole.")
 
 
 def _fingerprint(request: HttpRequest, options: Options) -> str:

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
+from typing import Any
 
+from django.db import connections, transaction
 from django.dispatch import Signal
 from django.http import HttpRequest
 from django.utils.crypto import salted_hmac
@@ -61,8 +64,8 @@ def announce(
             key_hash,
             store,
         )
-    answers = signal.send_robust(
-        sender=view, view=view, scope=scope, key_hash=key_hash, status=status, store=store
+    answers = _send(
+        signal, sender=view, view=view, scope=scope, key_hash=key_hash, status=status, store=store
     )
     for receiver, answer in answers:
         if isinstance(answer, Exception):
@@ -73,6 +76,29 @@ def announce(
                 receiver,
                 exc_info=answer,
             )
+
+
+def _send(signal: Signal, **kwargs: Any) -> list[tuple[Any, Any]]:
+    """``signal.send_robust()``, under a savepoint in each transaction that is
+    open (the claim's, or ATOMIC_REQUESTS'): on PostgreSQL a receiver's failed
+    query aborts the transaction it runs in, and the request would fail, or
+    its answer be rolled back as it commits. If a receiver fails, what the
+    receivers wrote for this event is undone, and the request goes on."""
+    if not signal.receivers:
+        return []
+    aliases = [
+        connection.alias
+        for connection in connections.all(initialized_only=True)
+        if connection.in_atomic_block
+    ]
+    with ExitStack() as stack:
+        for alias in aliases:
+            stack.enter_context(transaction.atomic(using=alias))
+        answers = signal.send_robust(**kwargs)
+        if any(isinstance(answer, Exception) for _, answer in answers):
+            for alias in aliases:
+                transaction.set_rollback(True, using=alias)
+    return answers
 
 
 def view_name(request: HttpRequest) -> str:

@@ -22,9 +22,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from drf_spectacular.drainage import warn
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
 from drf_spectacular.plumbing import ComponentIdentity, ResolvedComponent
 from drf_spectacular.utils import OpenApiParameter
+from rest_framework.mixins import UpdateModelMixin
 
 from . import keys, problems
 from .conf import settings
@@ -112,13 +114,35 @@ def protection(view: Any, method: str) -> Options | None:
     runs unprotected."""
     method = method.upper()
     action = getattr(view, "action", None) or method.lower()
-    handler = getattr(view, action, None)
-    options = options_of(handler) if handler is not None else None
+    options = _decorated(view, action)
+    if options is None and action == "partial_update" and _delegates_to_update(view):
+        # DRF's partial_update() calls update(): @idempotent on update
+        # protects PATCH too.
+        options = _decorated(view, "update")
     if options is None and isinstance(view, IdempotentMixin):
-        options = view.get_idempotency_options()
+        try:
+            options = view.get_idempotency_options()
+        except Exception as exc:
+            # An override that reads the request's object or URL arguments,
+            # which drf-spectacular's stand-in request does not have.
+            warn(
+                f"{type(view).__name__}.get_idempotency_options() failed ({exc!r}) for the "
+                "schema; documented with the class's options. Return them when "
+                "getattr(self, 'swagger_fake_view', False) is true."
+            )
+            options = view._idempotency_options
     if options is None or method not in options.methods:
         return None
     return options
+
+
+def _decorated(view: Any, name: str) -> Options | None:
+    handler = getattr(view, name, None)
+    return options_of(handler) if handler is not None else None
+
+
+def _delegates_to_update(view: Any) -> bool:
+    return getattr(type(view), "partial_update", None) is UpdateModelMixin.partial_update
 
 
 def responses(documented: dict[str, Any], options: Options, registry: Any) -> dict[str, Any]:
@@ -146,9 +170,17 @@ def responses(documented: dict[str, Any], options: Options, registry: Any) -> di
         response = documented.setdefault(str(code), {"description": description})
         if "$ref" in response:
             continue  # a response the project keeps among its components
-        if response["description"] != description:
-            response["description"] = f"{response['description']} Or: {description}".lstrip()
-        response.setdefault("content", {})[problems.CONTENT_TYPE] = content
+        if not response.get("description"):
+            response["description"] = description
+        elif response["description"] != description:
+            response["description"] += f" Or: {description}"
+        media = response.setdefault("content", {})
+        theirs = media.get(problems.CONTENT_TYPE)
+        if theirs is not None and "schema" in theirs:
+            # The project's own problem documents, and the package's.
+            content["schema"] = {"oneOf": [theirs["schema"], reference]}
+            content["examples"] = {**theirs.get("examples", {}), **content["examples"]}
+        media[problems.CONTENT_TYPE] = content
         if code in (409, 503):
             response.setdefault("headers", {}).update(RETRY_AFTER)
     return dict(sorted(documented.items(), key=lambda item: _status_order(item[0])))

@@ -17,6 +17,7 @@ import pytest
 
 @pytest.fixture
 def idempotent_client() -> Any:
+    """An IdempotentAPIClient: a new key with each unsafe request, and retry()."""
     from .testing import IdempotentAPIClient
 
     return IdempotentAPIClient()
@@ -24,6 +25,8 @@ def idempotent_client() -> Any:
 
 @pytest.fixture
 def idempotency_keys_optional() -> Iterator[None]:
+    """Keys optional for the test, as without the package (autouse it in a
+    conftest.py to keep an existing suite green)."""
     from .testing import keys_optional
 
     with keys_optional():

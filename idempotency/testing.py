@@ -38,11 +38,12 @@ __all__ = [
 class IdempotentAPIClient(APIClient):
     """DRF's ``APIClient``, sending a new key with every unsafe request
     (POST, PUT, PATCH, DELETE) unless the test passes one, and able to send
-    its previous request again, with the same key: :meth:`retry`."""
+    its last unsafe request again, with the same key: :meth:`retry`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.last_request: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self._following = False
 
     def generic(  # type: ignore[override]
         self,
@@ -53,23 +54,43 @@ class IdempotentAPIClient(APIClient):
         secure: bool = False,
         **extra: Any,
     ) -> Any:
-        if method.upper() in UNSAFE_METHODS and not _has_key(extra):
-            extra["headers"] = {**(extra.get("headers") or {}), settings.HEADER: new_key()}
-        self.last_request = ((method, path, data, content_type, secure), dict(extra))
+        unsafe = method.upper() in UNSAFE_METHODS
+        if unsafe and self._key_sent(extra) is None:
+            # A redirect that repeats the request (307, 308) repeats its key,
+            # as HTTP clients do.
+            key = self.last_key if self._following else None
+            extra["headers"] = {**(extra.get("headers") or {}), settings.HEADER: key or new_key()}
+        if unsafe and not self._following:
+            self.last_request = ((method, path, data, content_type, secure), dict(extra))
         return super().generic(method, path, data, content_type, secure, **extra)
+
+    def _handle_redirects(self, *args: Any, **kwargs: Any) -> Any:
+        # The requests that follow=True makes are hops of the one the test
+        # sent: retry() sends that one again, not its last hop.
+        self._following = True
+        try:
+            return super()._handle_redirects(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._following = False
 
     @property
     def last_key(self) -> str | None:
-        """The key of the previous request, if it had one."""
+        """The key of the last unsafe request, if there was one."""
         if self.last_request is None:
             return None
-        return _key_of(self.last_request[1])
+        return self._key_sent(self.last_request[1])
+
+    def _key_sent(self, extra: dict[str, Any]) -> str | None:
+        # Headers set with credentials() go with every request too.
+        return _key_of({**getattr(self, "_credentials", {}), **extra})
 
     def retry(self) -> Any:
-        """Send the previous request again, key and all, as a client that
-        timed out would."""
+        """Send the last unsafe request (POST, PUT, PATCH or DELETE) again,
+        key and all, as a client that timed out would."""
         if self.last_request is None:
-            raise RuntimeError("retry() needs a request to send again.")
+            raise RuntimeError(
+                "retry() needs an unsafe request (POST, PUT, PATCH, DELETE) to send again."
+            )
         arguments, extra = self.last_request
         return super().generic(*arguments, **extra)
 
@@ -88,10 +109,6 @@ def _key_of(extra: dict[str, Any]) -> str | None:
     return headers.get(settings.HEADER.lower(), extra.get(_meta_name()))
 
 
-def _has_key(extra: dict[str, Any]) -> bool:
-    return _key_of(extra) is not None
-
-
 def assert_replay(first: HttpResponseBase, second: HttpResponseBase) -> None:
     """``second`` is a faithful replay of ``first``: the same status and
     body bytes, the allow-listed headers with the same values, and marked as
@@ -108,7 +125,9 @@ def assert_problem(response: HttpResponseBase, problem: str, status: int | None 
     """``response`` is the package's problem document of type ``problem``
     (such as ``"key-missing"`` or ``"key-reused"``), with ``status`` if
     given."""
-    assert response["Content-Type"] == CONTENT_TYPE, response["Content-Type"]
+    assert response.get("Content-Type") == CONTENT_TYPE, (
+        f"not a problem document: {response.status_code}, {response.get('Content-Type')}"
+    )
     document = json.loads(_body(response))
     assert document["type"] == TYPE_PREFIX + problem, document["type"]
     assert document["status"] == response.status_code

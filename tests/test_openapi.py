@@ -27,7 +27,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from hypothesis import given
 from hypothesis import strategies as st
 from openapi_spec_validator import validate
-from rest_framework import serializers, viewsets
+from rest_framework import mixins, serializers, viewsets
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -111,6 +111,43 @@ class OwnHeaderView(IdempotentMixin, APIView):
         return Response(status=204)
 
 
+class UpdateOnlyViewSet(mixins.UpdateModelMixin, viewsets.GenericViewSet):
+    serializer_class = ExecutionSerializer
+    queryset = Execution.objects.none()
+
+    @idempotent
+    def update(self, request, *args, **kwargs):
+        return super().update(request, *args, **kwargs)
+
+
+class ObjectOptionsView(IdempotentMixin, APIView):
+    """Options chosen by the object the URL names."""
+
+    def get_idempotency_options(self):
+        Execution.objects.get(pk=self.kwargs["pk"])  # no URL arguments in the schema's view
+        return super().get_idempotency_options()
+
+    @extend_schema(request=ExecutionSerializer, responses={201: ExecutionSerializer})
+    def post(self, request, pk):
+        return Response(status=201)
+
+
+class ProblemSerializer(serializers.Serializer):
+    title = serializers.CharField()
+
+
+class OwnProblemsView(IdempotentMixin, APIView):
+    @extend_schema(
+        request=ExecutionSerializer,
+        responses={
+            201: ExecutionSerializer,
+            (400, "application/problem+json"): OpenApiResponse(ProblemSerializer),
+        },
+    )
+    def post(self, request):
+        return Response(status=201)
+
+
 @extend_schema(exclude=True)
 @api_view(["POST"])
 @idempotent
@@ -120,6 +157,12 @@ def hidden_view(request):
 
 PATTERNS = [
     path("function/", function_view),
+    path(
+        "update-only/<int:pk>/",
+        UpdateOnlyViewSet.as_view({"put": "update", "patch": "partial_update"}),
+    ),
+    path("object-options/<int:pk>/", ObjectOptionsView.as_view()),
+    path("own-problems/", OwnProblemsView.as_view()),
     path("hidden/", hidden_view),
     path("optional/", OptionalView.as_view()),
     path("redis/", RedisView.as_view()),
@@ -261,6 +304,30 @@ def test_the_header_setting_names_the_parameter():
     names = [parameter["name"] for parameter in operation["parameters"]]
     assert names == ["X-Request-Key"]
     assert "X-Request-Key" in operation["responses"]["422"]["description"]
+
+
+def test_patch_is_protected_by_update_s_decorator(schema):
+    """DRF's partial_update() calls update(), and so runs under its protection."""
+    operations = schema["paths"]["/update-only/{id}/"]
+    assert key_header(operations["put"])["required"] is True
+    assert key_header(operations["patch"])["required"] is True
+    assert set(operations["patch"]["responses"]) >= PROBLEM_STATUSES
+
+
+def test_options_that_need_the_url_fall_back_to_the_class(schema):
+    assert key_header(schema["paths"]["/object-options/{id}/"]["post"])["required"] is True
+
+
+def test_a_projects_own_problem_documents_stay(schema):
+    content = schema["paths"]["/own-problems/"]["post"]["responses"]["400"]["content"]
+    assert set(content) == {PROBLEM}
+    assert content[PROBLEM]["schema"] == {
+        "oneOf": [
+            {"$ref": "#/components/schemas/Problem"},
+            {"$ref": "#/components/schemas/IdempotencyProblem"},
+        ]
+    }
+    assert "key-missing" in content[PROBLEM]["examples"]
 
 
 def test_an_excluded_operation_stays_out(schema):

@@ -10,10 +10,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.db import connection, connections
 
 from idempotency import signals
 from idempotency.events import hash_key
-from tests.helpers import in_flight_record, new_key, post
+from tests.helpers import executions, in_flight_record, new_key, post
+from tests.testapp.models import Execution
 
 pytestmark = pytest.mark.django_db
 
@@ -62,6 +64,21 @@ def test_each_answer_sends_its_signal(client, user, heard):
     assert key not in repr(heard)
 
 
+def test_a_body_that_cannot_be_read_is_refused_too(client, heard):
+    key = new_key()
+    response = client.post(
+        "/function/",
+        data="{}",
+        content_type="application/json",
+        headers={"Idempotency-Key": key},
+        CONTENT_LENGTH="two",
+    )
+    assert response.status_code == 400
+    assert [(event, kwargs["status"], kwargs["key_hash"]) for event, kwargs in heard] == [
+        ("key_refused", 400, hash_key(key))
+    ]
+
+
 def test_a_duplicate_in_flight_sends_conflict(client, user, heard):
     key = new_key()
     in_flight_record(user, key, timedelta(minutes=1))
@@ -86,6 +103,44 @@ def test_a_failing_receiver_is_logged_and_the_request_goes_on(client, caplog):
     assert response.status_code == 201
     assert "A receiver of idempotency's completed signal" in caplog.text
     assert "the metrics backend is down" in caplog.text
+
+
+@pytest.fixture(params=[False, True], ids=["autocommit", "atomic_requests"])
+def requests_mode(request):
+    settings_dict = connections["default"].settings_dict
+    settings_dict["ATOMIC_REQUESTS"] = request.param
+    yield request.param
+    settings_dict["ATOMIC_REQUESTS"] = False
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("event", ["claimed", "completed"])
+def test_a_receiver_whose_query_fails_changes_nothing(client, event, requests_mode):
+    """On PostgreSQL a failed query aborts the transaction it runs in: the
+    claim's, or the request's under ATOMIC_REQUESTS. The receiver's failure
+    is undone alone, and the request commits and replays as usual."""
+
+    def broken(sender, **kwargs):
+        Execution.objects.create(key="written by the receiver")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM no_such_metrics_table")
+
+    getattr(signals, event).connect(broken)
+    key = new_key()
+    try:
+        first = post(client, key)
+        second = post(client, key)
+    finally:
+        getattr(signals, event).disconnect(broken)
+    assert first.status_code == 201
+    assert second.status_code == 201
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert executions(key) == 1
+    # Inside a transaction (the claim's; the request's), the receiver's
+    # write is undone with it; ``completed`` without ATOMIC_REQUESTS runs
+    # after the commit, where each statement commits on its own.
+    undone = event == "claimed" or requests_mode
+    assert Execution.objects.filter(key="written by the receiver").exists() is not undone
 
 
 def test_log_lines_tell_the_same_events(client, caplog):

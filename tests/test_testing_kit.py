@@ -7,8 +7,11 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 import pytest
+from django.http import HttpResponseRedirect
+from django.urls import path
 from rest_framework.test import APIClient
 
+import tests.urls
 from idempotency.testing import (
     IdempotentAPIClient,
     assert_problem,
@@ -64,8 +67,49 @@ def test_safe_methods_get_no_key(kit_client):
 
 
 def test_retry_needs_a_request(idempotent_client):
-    with pytest.raises(RuntimeError, match="needs a request"):
+    with pytest.raises(RuntimeError, match="needs an unsafe request"):
         idempotent_client.retry()
+
+
+def test_retry_sends_the_last_unsafe_request_not_a_later_get(kit_client):
+    first = kit_client.post(URL, {"amount": 1}, format="json")
+    kit_client.get(URL)
+    assert_replay(first, kit_client.retry())
+
+
+def test_a_key_set_with_credentials_is_the_one_sent(kit_client):
+    kit_client.credentials(HTTP_IDEMPOTENCY_KEY="from-credentials")
+    first = kit_client.post(URL, {"amount": 1}, format="json")
+    assert kit_client.last_key == "from-credentials"
+    assert Execution.objects.filter(key="from-credentials").count() == 1
+    assert_replay(first, kit_client.retry())
+
+
+def redirect(request, code):
+    response = HttpResponseRedirect(URL)
+    response.status_code = code
+    return response
+
+
+urlpatterns = [path("redirect/<int:code>/", redirect), *tests.urls.urlpatterns]
+
+
+@pytest.mark.urls(__name__)
+def test_a_followed_redirect_is_a_hop_of_the_request_retry_sends(kit_client):
+    kit_client.post("/redirect/302/", {"amount": 1}, format="json", follow=True)
+    arguments, _ = kit_client.last_request
+    assert arguments[:2] == ("POST", "/redirect/302/")
+
+
+@pytest.mark.urls(__name__)
+def test_a_307_repeats_the_request_with_its_key(kit_client):
+    """As HTTP clients do: the redirected POST carries the same key."""
+    response = kit_client.post("/redirect/307/", {"amount": 1}, format="json", follow=True)
+    assert response.status_code == 201
+    key = kit_client.last_key
+    assert Execution.objects.filter(key=key).count() == 1
+    again = kit_client.post(URL, {"amount": 1}, format="json", headers={"Idempotency-Key": key})
+    assert_replay(response, again)
 
 
 def test_problems_read_as_drf_tests_expect(client):
