@@ -29,7 +29,7 @@ from .conf import (
     settings,
     user_settings,
 )
-from .options import LONGEST_LOCK_TIMEOUT, LONGEST_TTL, REDIS_BACKEND_VIEWS
+from .options import LONGEST_LOCK_TIMEOUT, LONGEST_TTL, LONGEST_WAIT, REDIS_BACKEND_VIEWS
 
 HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 
@@ -96,6 +96,22 @@ def _duration(name: str, id: str, longest: timedelta, longest_text: str) -> Any:
         )
 
     return check
+
+
+def _wait(value: Any) -> list[checks.CheckMessage]:
+    if isinstance(value, (timedelta, int, float)) and not isinstance(value, bool):
+        try:
+            if timedelta(0) <= as_timedelta(value) <= LONGEST_WAIT:
+                return []
+        except (OverflowError, ValueError):  # inf, nan, or beyond timedelta
+            pass
+    return _error(
+        "WAIT",
+        "must be a timedelta or number of seconds from 0 to 10 minutes.",
+        "For example: timedelta(seconds=5), or 0 to answer a duplicate in flight with 409 "
+        "at once.",
+        "idempotency.E027",
+    )
 
 
 def _boolean(name: str, id: str) -> Any:
@@ -493,6 +509,7 @@ VALUE_CHECKS = {
     "HEADER": _header,
     "TTL": _duration("TTL", "idempotency.E004", LONGEST_TTL, "100 years"),
     "LOCK_TIMEOUT": _duration("LOCK_TIMEOUT", "idempotency.E005", LONGEST_LOCK_TIMEOUT, "24 days"),
+    "WAIT": _wait,
     "REQUIRED": _boolean("REQUIRED", "idempotency.E006"),
     "SCOPE": _callable("SCOPE", "idempotency.E007"),
     "FINGERPRINT": _callable("FINGERPRINT", "idempotency.E008"),

@@ -23,6 +23,9 @@ DEFAULTS: dict[str, Any] = {
     "HEADER": "Idempotency-Key",
     "TTL": timedelta(hours=24),
     "LOCK_TIMEOUT": timedelta(seconds=60),
+    # How long a duplicate of a request in flight waits for it to finish and
+    # replays its response, before answering 409; 0 answers 409 at once.
+    "WAIT": timedelta(0),
     "REQUIRED": True,
     "SCOPE": "idempotency.keys.default_scope",
     "FINGERPRINT": "idempotency.fingerprint.default_fingerprint",
@@ -166,6 +169,10 @@ class Settings:
     @property
     def LOCK_TIMEOUT(self) -> timedelta:
         return as_timedelta(self._get("LOCK_TIMEOUT"))
+
+    @property
+    def WAIT(self) -> timedelta:
+        return as_timedelta(self._get("WAIT"))
 
     @property
     def REQUIRED(self) -> bool:

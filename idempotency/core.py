@@ -215,11 +215,16 @@ def run(
     claim: Claim | None = None
     completion: Completion | None = None
     try:
+        wait = options.get_wait()
         known = store.lookup(info)
-        if known is not None:
+        if known is not None and not (wait and known.outcome is Outcome.IN_FLIGHT):
             return _answer(known, info, request, store)
         with store.unit():
             claim = store.claim(info, settings.LOCK_TIMEOUT)
+            if wait and claim.outcome is Outcome.IN_FLIGHT:
+                # A duplicate of a request in flight: wait for its answer
+                # (or, if it fails, for the key) rather than 409 at once.
+                claim = store.wait(info, settings.LOCK_TIMEOUT, wait)
             if claim.outcome is Outcome.CLAIMED:
                 _announce(signals.claimed, request, info, store, None)
                 response, completion = _execute(store, request, call, options, info, claim)

@@ -41,6 +41,7 @@ def idempotent(
     fingerprint: FingerprintFunc | str | None = ...,
     methods: Iterable[str] | None = ...,
     backend: str | None = ...,
+    wait: timedelta | float | None = ...,
 ) -> Callable[[F], F]: ...
 
 
@@ -53,6 +54,7 @@ def idempotent(
     fingerprint: FingerprintFunc | str | None = None,
     methods: Iterable[str] | None = None,
     backend: str | None = None,
+    wait: timedelta | float | None = None,
 ) -> F | Callable[[F], F]:
     """Protect an ``APIView`` method, a ViewSet action, an ``@action`` or an
     ``@api_view`` function (placed under ``@api_view``), or a plain Django
@@ -66,7 +68,9 @@ def idempotent(
     protect, by default all of POST, PUT, PATCH and DELETE that reach it), and
     ``backend``: ``"database"`` (records commit with the handler's database
     effects) or ``"redis"`` (records in Redis, for handlers whose effects are
-    outside the database), by default ``IDEMPOTENCY["BACKEND"]``.
+    outside the database), by default ``IDEMPOTENCY["BACKEND"]``; and ``wait``
+    (a ``timedelta`` or seconds): how long a duplicate of a request in flight
+    waits for it and replays its response before answering 409.
     """
     options = Options.build(
         ttl=ttl,
@@ -75,6 +79,7 @@ def idempotent(
         fingerprint=fingerprint,
         methods=methods,
         backend=backend,
+        wait=wait,
     )
 
     def decorator(handler: F) -> F:

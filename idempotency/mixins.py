@@ -31,6 +31,9 @@ class IdempotentMixin:
     idempotency_methods: Iterable[str] | None = None
     # "database" or "redis"; None defers to IDEMPOTENCY["BACKEND"].
     idempotency_backend: str | None = None
+    # How long a duplicate waits for the request in flight; None defers to
+    # IDEMPOTENCY["WAIT"].
+    idempotency_wait: timedelta | float | None = None
 
     _idempotency_options: ClassVar[Options] = Options()
 
@@ -45,6 +48,7 @@ class IdempotentMixin:
             fingerprint=cls.idempotency_fingerprint,
             methods=cls.idempotency_methods,
             backend=cls.idempotency_backend,
+            wait=cls.idempotency_wait,
         ).resolve(f"{cls.__module__}.{cls.__qualname__}")
         if cls._idempotency_options.backend == "redis":
             REDIS_BACKEND_VIEWS.add(f"{cls.__module__}.{cls.__qualname__}")

@@ -201,7 +201,7 @@ def key_parameter(options: Options) -> OpenApiParameter:
         description=(
             f"A key the client chooses for this one intended request (a UUID serves well) and "
             f"sends again, unchanged, with every retry of it. The first request with a key "
-            f"runs; a retry while it runs gets 409; a retry after it gets its stored "
+            f"runs; {_while_it_runs(options)}; a retry after it gets its stored "
             f"response again, marked {REPLAYED_HEADER}: true. A key is kept for "
             f"{_duration(options.get_ttl())} after its request completes, then forgotten; "
             f"until then, sending it with a different request (method, path or body) gets "
@@ -209,6 +209,16 @@ def key_parameter(options: Options) -> OpenApiParameter:
             f"{keys.MAX_KEY_LENGTH} visible ASCII characters, sent bare or as a quoted "
             f"string (RFC 8941). {presence}"
         ),
+    )
+
+
+def _while_it_runs(options: Options) -> str:
+    wait = options.get_wait()
+    if not wait:
+        return "a retry while it runs gets 409"
+    return (
+        f"a retry while it runs waits up to {_duration(wait)} for its response, and gets "
+        "409 if it is still running then"
     )
 
 

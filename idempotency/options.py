@@ -17,6 +17,8 @@ LONGEST_TTL = timedelta(days=36500)
 # PostgreSQL takes LOCK_TIMEOUT as idle_in_transaction_session_timeout, an
 # integer of milliseconds: at most 2**31 - 1 ms, just over 24.8 days.
 LONGEST_LOCK_TIMEOUT = timedelta(days=24)
+# A waiting duplicate holds a worker: minutes at most.
+LONGEST_WAIT = timedelta(minutes=10)
 
 # Where each view that chose backend="redis" is defined, so that the system
 # checks can name them if IDEMPOTENCY["REDIS"] is missing.
@@ -37,6 +39,7 @@ class Options:
     fingerprint: FingerprintFunc | str | None = None
     methods: frozenset[str] = UNSAFE_METHODS
     backend: str | None = None
+    wait: timedelta | None = None
 
     @classmethod
     def build(
@@ -48,6 +51,7 @@ class Options:
         fingerprint: FingerprintFunc | str | None = None,
         methods: Iterable[str] | None = None,
         backend: str | None = None,
+        wait: timedelta | float | None = None,
     ) -> Options:
         """Validate options as a user wrote them; raise ``TypeError`` or
         ``ValueError`` at import time rather than on the first request."""
@@ -77,6 +81,8 @@ class Options:
                 raise ValueError("methods must name some of POST, PUT, PATCH and DELETE.")
         if backend is not None and backend not in BACKENDS:
             raise ValueError('backend must be "database" or "redis".')
+        if wait is not None:
+            wait = _wait(wait)
         return cls(
             ttl=ttl,
             required=required,
@@ -84,6 +90,7 @@ class Options:
             fingerprint=fingerprint,
             methods=chosen,
             backend=backend,
+            wait=wait,
         )
 
     def resolve(self, where: str) -> Options:
@@ -108,6 +115,9 @@ class Options:
     def get_required(self) -> bool:
         return self.required if self.required is not None else settings.REQUIRED
 
+    def get_wait(self) -> timedelta:
+        return self.wait if self.wait is not None else settings.WAIT
+
     def get_backend(self) -> str:
         return self.backend if self.backend is not None else settings.BACKEND
 
@@ -120,3 +130,17 @@ class Options:
         if self.fingerprint is None:
             return settings.FINGERPRINT
         return as_callable(self.fingerprint, "The view's fingerprint")
+
+
+def _wait(value: timedelta | float) -> timedelta:
+    if isinstance(value, bool) or not isinstance(value, (timedelta, int, float)):
+        raise TypeError("wait must be a timedelta or a number of seconds.")
+    try:
+        wait = as_timedelta(value)
+    except (OverflowError, ValueError):  # inf, nan, beyond timedelta
+        raise ValueError("wait must be at most 10 minutes.") from None
+    if wait < timedelta(0):
+        raise ValueError("wait must not be negative.")
+    if wait > LONGEST_WAIT:
+        raise ValueError("wait must be at most 10 minutes.")
+    return wait

@@ -105,9 +105,9 @@ def test_e002_unknown_key():
     assert error.id == "idempotency.E002"
     assert error.msg == "settings.IDEMPOTENCY has an unknown key 'TLL'."
     assert error.hint == (
-        "Valid keys: HEADER, TTL, LOCK_TIMEOUT, REQUIRED, SCOPE, FINGERPRINT, REPLAY_HEADERS, "
-        "STORE_SERVER_ERRORS, MAX_RESPONSE_BYTES, DATABASE, BACKEND, REDIS, REDIS_ACCELERATOR, "
-        "REDIS_KEY_PREFIX, REDIS_FAIL_OPEN."
+        "Valid keys: HEADER, TTL, LOCK_TIMEOUT, WAIT, REQUIRED, SCOPE, FINGERPRINT, "
+        "REPLAY_HEADERS, STORE_SERVER_ERRORS, MAX_RESPONSE_BYTES, DATABASE, BACKEND, REDIS, "
+        "REDIS_ACCELERATOR, REDIS_KEY_PREFIX, REDIS_FAIL_OPEN."
     )
 
 
@@ -169,6 +169,23 @@ def test_e005_lock_timeout(value):
         "at most 24 days."
     )
     assert error.hint == "For example: timedelta(seconds=60)."
+
+
+@pytest.mark.parametrize(
+    "value", [-1, timedelta(seconds=-1), 601, timedelta(minutes=11), "5", True, None, float("nan")]
+)
+def test_e027_wait(value):
+    error = only_error({"WAIT": value})
+    assert error.id == "idempotency.E027"
+    assert error.msg == (
+        "IDEMPOTENCY['WAIT'] must be a timedelta or number of seconds from 0 to 10 minutes."
+    )
+
+
+@pytest.mark.parametrize("value", [0, 5, 2.5, timedelta(minutes=10)])
+def test_a_wait_from_nothing_to_ten_minutes_is_fine(value):
+    with override_settings(IDEMPOTENCY={"WAIT": value}):
+        assert check_settings() == []
 
 
 @pytest.mark.parametrize("value", [1, 0, "yes", None])

@@ -298,6 +298,16 @@ def test_the_projects_own_header_declaration_wins(schema):
     assert key_header(operations["delete"]) is None
 
 
+def test_a_wait_is_documented():
+    assert (
+        "a retry while it runs gets 409"
+        in key_header(schema_of()["paths"]["/function/"]["post"])["description"]
+    )
+    with override_settings(IDEMPOTENCY={"WAIT": 5}):
+        header = key_header(schema_of()["paths"]["/function/"]["post"])
+    assert "waits up to 5 seconds for its response, and gets 409 if" in header["description"]
+
+
 def test_the_header_setting_names_the_parameter():
     with override_settings(IDEMPOTENCY={"HEADER": "X-Request-Key"}):
         operation = schema_of()["paths"]["/function/"]["post"]

@@ -258,6 +258,11 @@ class TestMisuse:
                 "methods must name some of POST, PUT, PATCH and DELETE.",
             ),
             ({"backend": "memcached"}, ValueError, 'backend must be "database" or "redis".'),
+            ({"wait": -1}, ValueError, "wait must not be negative."),
+            ({"wait": 601}, ValueError, "wait must be at most 10 minutes."),
+            ({"wait": float("nan")}, ValueError, "wait must be at most 10 minutes."),
+            ({"wait": "5"}, TypeError, "wait must be a timedelta or a number of seconds."),
+            ({"wait": False}, TypeError, "wait must be a timedelta or a number of seconds."),
         ],
     )
     def test_bad_options_raise_when_the_view_is_defined(self, options, error, message):

@@ -18,6 +18,7 @@ urlpatterns = [
     path("charge/", views.ChargeView.as_view()),
     path("function/", views.charge_function),
     path("optional/", views.optional_key),
+    path("waiting/", views.WaitingView.as_view()),
     path("short-ttl/", views.short_ttl),
     path("custom-scope/", views.custom_scope),
     path("anonymous/", views.anonymous),

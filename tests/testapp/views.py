@@ -50,6 +50,8 @@ class Gate:
         self.entered = threading.Event()
         self.release = threading.Event()
         self.backend_id: int | None = None  # the held handler's database session
+        # Whether the held handler raises once released (the next one through does not).
+        self.fail_once = False
 
 
 GATES: dict[str, Gate] = {}
@@ -93,6 +95,9 @@ def record(request, label: str, using: str = "default") -> Execution:
         gate.backend_id = backend_id(using)
         gate.entered.set()
         gate.release.wait(timeout=30)
+        if gate.fail_once:
+            gate.fail_once = False
+            raise RuntimeError("the held handler failed")
     return execution
 
 
@@ -173,6 +178,15 @@ class ChargeView(APIView):
 @idempotent
 def charge_function(request):
     return behave(request, "function")
+
+
+class WaitingView(IdempotentMixin, APIView):
+    """A duplicate waits for the request in flight (the view's own option)."""
+
+    idempotency_wait = 10
+
+    def post(self, request):
+        return behave(request, "waiting")
 
 
 @api_view(["POST"])
@@ -412,6 +426,9 @@ def act_outside_database(request, label: str) -> HttpResponse:
     if gate is not None:
         gate.entered.set()
         gate.release.wait(timeout=30)
+        if gate.fail_once:
+            gate.fail_once = False
+            raise RuntimeError("the held handler failed")
     return respond(request, label, run)
 
 

@@ -95,6 +95,19 @@ class Dialect(abc.ABC):
     ) -> Attempt:
         """Run the claim statement with the claim's ``params``."""
 
+    def wait_insert(
+        self,
+        connection: BaseDatabaseWrapper,
+        sql: Statements,
+        params: Params,
+        lease: timedelta,
+        timeout: timedelta,
+    ) -> Attempt:
+        """Run the claim statement after waiting up to ``timeout`` for the
+        transaction that holds the key to end; ``BUSY`` if it still holds it
+        then. SQLite makes a duplicate wait for the first already."""
+        return Attempt(Result.BUSY)
+
     def take_over(
         self, connection: BaseDatabaseWrapper, sql: Statements, params: Params
     ) -> Attempt:

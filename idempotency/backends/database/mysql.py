@@ -3,6 +3,9 @@ transaction's lock fails at once instead of waiting for it."""
 
 from __future__ import annotations
 
+import hashlib
+import math
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -18,7 +21,8 @@ class MariaDBDialect(Dialect):
     # What the claim's errors mean: 1062 (duplicate entry) a committed record
     # is in the way; 1205 (lock wait timeout, at once with a zero wait)
     # another transaction is writing the key.
-    ERRORS = {1062: Result.EXISTS, 1205: Result.BUSY}
+    # 1205: innodb_lock_wait_timeout ran out; 1969: max_statement_time did.
+    ERRORS = {1062: Result.EXISTS, 1205: Result.BUSY, 1969: Result.BUSY}
     # InnoDB would wait 50 seconds for the lock of a key in flight; a
     # duplicate must get its 409 at once. InnoDB rolls back only the failed
     # statement, so the transaction stays usable.
@@ -129,6 +133,45 @@ class MariaDBDialect(Dialect):
                 return attempt
         return attempt
 
+    def wait_insert(
+        self,
+        connection: BaseDatabaseWrapper,
+        sql: Statements,
+        params: Params,
+        lease: timedelta,
+        timeout: timedelta,
+    ) -> Attempt:
+        """The claim's INSERT, waiting for the transaction that inserted the
+        key to end: it then meets the committed record (EXISTS, and the
+        failed insert leaves it locked for this transaction to read), or
+        inserts its own if that one rolled back.
+
+        Waiters take turns under a named lock (GET_LOCK), released as soon
+        as the INSERT returns: two INSERTs that waited together for a record
+        that then rolled back would deadlock (each holds the shared lock of
+        the duplicate check, and wants the other's), and InnoDB would roll
+        one back whole. The lock wait is bounded by max_statement_time, in
+        fractions of a second, since innodb_lock_wait_timeout counts whole
+        seconds."""
+        deadline = time.monotonic() + max(timeout.total_seconds(), 0.001)
+        name = (
+            "idempotency:"
+            + hashlib.sha256(f"{params['scope']}\n{params['key']}".encode()).hexdigest()[:48]
+        )
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT GET_LOCK(%s, %s)", [name, _left(deadline)])
+            if cursor.fetchone()[0] != 1:
+                return Attempt(Result.BUSY)
+            try:
+                seconds = _left(deadline)
+                waiting = (
+                    f"SET STATEMENT innodb_lock_wait_timeout={math.ceil(seconds)},"
+                    f" max_statement_time={seconds:.3f} FOR {sql.insert}"
+                )
+                return self._run(connection, waiting, params)
+            finally:
+                cursor.execute("SELECT RELEASE_LOCK(%s)", [name])
+
     def take_over(
         self, connection: BaseDatabaseWrapper, sql: Statements, params: Params
     ) -> Attempt:
@@ -155,6 +198,11 @@ class MariaDBDialect(Dialect):
         if code not in self.ERRORS:
             raise exc
         return self.ERRORS[code]
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline`` (a ``time.monotonic()``), a millisecond at least."""
+    return max(deadline - time.monotonic(), 0.001)
 
 
 def max_allowed_packet(connection: BaseDatabaseWrapper, fresh: bool = False) -> int:

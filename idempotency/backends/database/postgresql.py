@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Callable
 from datetime import timedelta
 
-from django.db import DatabaseError
+from django.db import DatabaseError, OperationalError, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from .base import Attempt, Dialect, Result
@@ -103,9 +103,46 @@ class PostgreSQLDialect(Dialect):
     CONFLICTS = frozenset({"40001", "40P01"})
 
     def conflict(self, exc: DatabaseError) -> bool:
-        cause = exc.__cause__  # psycopg 3 names the SQLSTATE sqlstate, psycopg2 pgcode
-        code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
-        return code in self.CONFLICTS
+        return sqlstate(exc) in self.CONFLICTS
+
+    # lock_timeout ran out.
+    LOCK_NOT_AVAILABLE = "55P03"
+
+    def wait_insert(
+        self,
+        connection: BaseDatabaseWrapper,
+        sql: Statements,
+        params: Params,
+        lease: timedelta,
+        timeout: timedelta,
+    ) -> Attempt:
+        """Wait for the key's advisory lock, which the request in flight
+        holds until its transaction ends, then claim as usual: the claim
+        statement's fresh snapshot (READ COMMITTED) sees what it committed.
+        A blocking lock with a lock_timeout, for this statement only: no
+        polling. The lock, once had, is kept until this transaction ends, so
+        waiters get the key one after another."""
+        lock = advisory_lock_id(params["scope"], params["key"])
+        timeout_ms = min(max(1, int(timeout / timedelta(milliseconds=1))), 2**31 - 1)
+        with connection.cursor() as cursor:
+            # The materialized CTE reads the old value before it is set.
+            cursor.execute(
+                "WITH old AS MATERIALIZED (SELECT current_setting('lock_timeout') AS value)"
+                " SELECT old.value, set_config('lock_timeout', %s, true) FROM old",
+                [f"{timeout_ms}ms"],
+            )
+            previous = cursor.fetchone()[0]
+            try:
+                # A savepoint: the timeout fails this statement, not the claim's transaction.
+                with transaction.atomic(using=connection.alias):
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock])
+            except OperationalError as exc:
+                if sqlstate(exc) != self.LOCK_NOT_AVAILABLE:
+                    raise
+                return Attempt(Result.BUSY)
+            finally:
+                cursor.execute("SELECT set_config('lock_timeout', %s, true)", [previous])
+        return self.insert(connection, sql, params, lease)
 
     def insert(
         self, connection: BaseDatabaseWrapper, sql: Statements, params: Params, lease: timedelta
@@ -144,6 +181,11 @@ class PostgreSQLDialect(Dialect):
         if row is None:
             return Attempt(Result.GONE, params["id"])
         return Attempt(Result.CLAIMED, params["id"], row=row[0])
+
+
+def sqlstate(exc: DatabaseError) -> str | None:
+    cause = exc.__cause__  # psycopg 3 names the SQLSTATE sqlstate, psycopg2 pgcode
+    return getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
 
 
 def advisory_lock_id(scope: str, key: str) -> int:

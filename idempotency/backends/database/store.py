@@ -125,8 +125,19 @@ class DatabaseStore(Store):
 
         Must run inside ``unit()``: the claim lasts as long as the transaction.
         """
+        return self._claim_or_conflict(info, lease, None)
+
+    def wait(self, info: RequestInfo, lease: timedelta, timeout: timedelta) -> Claim:
+        """Wait on the key's lock (PostgreSQL) or its record's (MariaDB) for
+        the transaction that holds it to end, then claim again, in the same
+        statement where the database allows."""
+        return self._claim_or_conflict(info, lease, timeout)
+
+    def _claim_or_conflict(
+        self, info: RequestInfo, lease: timedelta, wait: timedelta | None
+    ) -> Claim:
         try:
-            return self._claim(info, lease)
+            return self._claim(info, lease, wait)
         except OperationalError as exc:
             if not self.dialect.conflict(exc):
                 raise
@@ -159,10 +170,13 @@ class DatabaseStore(Store):
         )
         return {**values, "now": adapt(info.now)}
 
-    def _claim(self, info: RequestInfo, lease: timedelta) -> Claim:
+    def _claim(self, info: RequestInfo, lease: timedelta, wait: timedelta | None) -> Claim:
         dialect, sql = self.dialect, self.sql
         params = self.parameters(info, lease)
-        attempt = dialect.insert(self.connection, sql, params, lease)
+        if wait is None:
+            attempt = dialect.insert(self.connection, sql, params, lease)
+        else:
+            attempt = dialect.wait_insert(self.connection, sql, params, lease, wait)
         if attempt.result is Result.CLAIMED:
             return Claim(
                 Outcome.CLAIMED, token=(attempt.pk, info.now, attempt.row), record_id=attempt.pk

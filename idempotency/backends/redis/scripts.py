@@ -27,11 +27,13 @@ return redis.call('GET', KEYS[1])
 # If nobody did, the key is free and the late response is stored all the
 # same, so that retries replay it instead of running the handler again.
 # Returns 1 (stored), 2 (stored after the lease ran out) or what holds the
-# key now.
+# key now. Duplicates waiting for the key (RedisStore.wait) hear of it on
+# the channel of the record's name.
 COMPLETE = """
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] or not current then
     redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    redis.call('PUBLISH', KEYS[1], 'completed')
     if current then return 1 end
     return 2
 end
@@ -66,6 +68,7 @@ return 1
 """
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('PUBLISH', KEYS[1], 'released')
     return redis.call('DEL', KEYS[1])
 end
 return 0

@@ -4,6 +4,7 @@ outside the Django database."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -95,6 +96,25 @@ class RedisStore(Store):
             return self.held
         # A value this package cannot read: never run the handler over it.
         return found or Claim(Outcome.IN_FLIGHT)
+
+    def wait(self, info: RequestInfo, lease: timedelta, timeout: timedelta) -> Claim:
+        """Listen on the record's channel, where the holder's completion or
+        release is published, and claim again at each message: blocked on
+        the socket meanwhile, never polling. Subscribed before the first
+        claim, so no message can slip between a claim and the wait."""
+        deadline = time.monotonic() + timeout.total_seconds()
+        channel = record_key(self.NAMESPACE, info.scope, info.key)
+        listener = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            listener.subscribe(channel)
+            while True:
+                claim = self.claim(info, lease)
+                left = deadline - time.monotonic()
+                if claim.outcome is not Outcome.IN_FLIGHT or left <= 0:
+                    return claim
+                listener.get_message(timeout=left)
+        finally:
+            listener.close()
 
     def complete(self, claim: Claim, response: StoredResponse, ttl: timedelta) -> Completion:
         """Store the response if the claim is still ours, or if its lease ran
