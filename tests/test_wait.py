@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection, connections, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
+from idempotency.backends.database.postgresql import advisory_lock_id
 from tests.concurrency import Threads, tally
-from tests.helpers import URL, executions, new_key, send
+from tests.helpers import URL, executions, in_flight_record, new_key, send
 from tests.testapp.views import OUTSIDE_RUNS
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -169,3 +171,47 @@ def test_a_view_chooses_to_wait(user, gate):
     key, responses = held_duplicates(user, gate, url="/waiting/")
     assert executions(key) == 1
     assert [r.status_code for r in responses] == [201] * DUPLICATES
+
+
+@override_settings(IDEMPOTENCY={"WAIT": 5})
+def test_a_record_nobody_holds_gets_409_at_once(user):
+    """A record left in flight by a commit the package did not make: nothing
+    will finish it before its lease runs out, so nothing is waited for."""
+    key = new_key()
+    in_flight_record(user, key, timedelta(minutes=1))
+    start = time.monotonic()
+    response = send(user, key)
+    assert response.status_code == 409
+    assert time.monotonic() - start < 1.0
+    assert executions(key) == 0
+
+
+@pytest.mark.vendor("postgresql")
+def test_an_error_other_than_the_timeout_is_not_a_409(user):
+    """Only lock_timeout means "still in flight"; anything else (here a
+    statement_timeout) is raised as it would be without waiting."""
+    from idempotency.backends.database import dialect_for
+    from idempotency.backends.database.statements import statements_for
+
+    holder = connections.create_connection("default")
+    try:
+        holder.set_autocommit(False)
+        lock = advisory_lock_id("s", "k")
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock])
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL statement_timeout = 100")
+            dialect = dialect_for(connection)
+            with pytest.raises(OperationalError) as excinfo:
+                dialect.wait_insert(
+                    connection,
+                    statements_for(connection, dialect),
+                    {"scope": "s", "key": "k"},
+                    timedelta(seconds=60),
+                    timedelta(seconds=5),
+                )
+            transaction.set_rollback(True)
+        assert excinfo.value.__cause__.sqlstate == "57014"  # canceled, not timed out
+    finally:
+        holder.rollback()
+        holder.close()

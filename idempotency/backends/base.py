@@ -136,12 +136,12 @@ class Store(abc.ABC):
     def claim(self, info: RequestInfo, lease: timedelta) -> Claim:
         """Claim ``info``'s key, or say who has it."""
 
+    @abc.abstractmethod
     def wait(self, info: RequestInfo, lease: timedelta, timeout: timedelta) -> Claim:
         """Claim ``info``'s key again, after waiting up to ``timeout`` for the
         request that holds it to finish: its stored response, the key if it
         failed, or still in flight at the deadline. Blocks on what the holder
-        releases, never polls. A store that cannot wait says in flight."""
-        return Claim(Outcome.IN_FLIGHT)
+        releases, never polls."""
 
     @abc.abstractmethod
     def complete(self, claim: Claim, response: StoredResponse, ttl: timedelta) -> Completion:
