@@ -48,6 +48,8 @@ def _link_pages(app, relative_path, parent_docname, content):
         lambda match: f":doc:`{match.group(1)} <{match.group(3) or 'changelog'}>`",
         content[0],
     )
+    # Its images too, which live under docs/.
+    content[0] = content[0].replace(".. image:: docs/", ".. image:: ")
 
 
 def setup(app):

@@ -4,7 +4,12 @@ from django.urls import include, path
 from django.views import defaults
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from example_project.wallet import views as wallet
+
 urlpatterns = [
+    path("", wallet.home, name="home"),
+    path("remote/", wallet.remote, name="remote"),
+    path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     path("api/", include("example_project.wallet.urls")),
     # The OpenAPI schema, and Swagger UI to read it in a browser. Public

@@ -82,7 +82,7 @@ def command(kind: str, port: int, threads: int, workers: int = 1) -> tuple[list[
     bind = f"{HOST}:{port}"
     if kind == "gunicorn":
         return [
-            *("-m", "gunicorn", "tests.wsgi:application", "--workers=1"),
+            *("-m", "gunicorn", "tests.wsgi:application", f"--workers={workers}"),
             *("--worker-class=gthread", f"--threads={threads}") * (threads > 1),
             *(f"--bind={bind}", "--log-level=warning", "--timeout=30"),
         ], "tests.wsgi ready"
@@ -114,10 +114,12 @@ def serve(
     threads: int = 1,
     timeout: float = 30,
     workers: int = 1,
+    port: int | None = None,
 ) -> Iterator[Server]:
-    """Serve the project with ``kind`` until the block ends (uvicorn: with
-    ``workers`` processes, once each has loaded the application)."""
-    port = free_port()
+    """Serve the project with ``kind`` until the block ends (gunicorn and
+    uvicorn: with ``workers`` processes, once each has loaded the
+    application)."""
+    port = port or free_port()
     arguments, ready = command(kind, port, threads, workers)
     with log.open("wb") as output:
         process = subprocess.Popen(

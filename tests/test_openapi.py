@@ -478,6 +478,7 @@ def test_the_example_projects_schema(tmp_path):
     validate(schema)
     protected = {
         ("/api/charges/", "post"),
+        ("/api/charges/wait/", "post"),
         ("/api/orders/", "post"),
         ("/api/orders/{id}/", "put"),
         ("/api/orders/{id}/", "patch"),

@@ -9,5 +9,6 @@ router.register("orders", views.OrderViewSet, basename="order")
 urlpatterns = [
     path("wallet/", views.wallet, name="wallet"),
     path("charges/", views.charge, name="charge"),
+    path("charges/wait/", views.charge_waiting, name="charge-waiting"),
     path("", include(router.urls)),
 ]

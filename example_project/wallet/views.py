@@ -1,10 +1,14 @@
 import os
+import re
 import time
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.db.models import F
+from django.http import HttpResponseBadRequest
+from django.shortcuts import render
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
@@ -29,6 +33,7 @@ INVALID = OpenApiResponse(
     OpenApiTypes.OBJECT, description="The fields that are not valid, each with what is wrong."
 )
 NOT_FOUND = OpenApiResponse(DetailSerializer, description="No such order of yours.")
+API_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]+)?")
 
 
 @extend_schema(responses=WalletSerializer)
@@ -39,7 +44,7 @@ def wallet(request):
     return Response({"balance": account.balance, "charges": charges})
 
 
-@extend_schema(
+CHARGE_SCHEMA = extend_schema(
     request=ChargeSerializer,
     responses={
         201: ChargedSerializer,
@@ -47,10 +52,26 @@ def wallet(request):
         402: OpenApiResponse(DetailSerializer, description="Not enough points."),
     },
 )
+
+
+@CHARGE_SCHEMA
 @api_view(["POST"])
 @idempotent
 def charge(request):
     """Deduct points once per Idempotency-Key, however often the client retries."""
+    return _charge(request)
+
+
+@CHARGE_SCHEMA
+@api_view(["POST"])
+@idempotent(wait=5)
+def charge_waiting(request):
+    """The same, where a duplicate of a charge in flight waits for its answer
+    (up to 5 seconds) instead of getting a 409."""
+    return _charge(request)
+
+
+def _charge(request):
     serializer = ChargeSerializer(data=request.data)
     serializer.is_valid(raise_exception=True)
     amount = serializer.validated_data["amount"]
@@ -75,6 +96,29 @@ def charge(request):
         {**ChargeSerializer(created).data, "balance": account.balance},
         status=status.HTTP_201_CREATED,
         headers={"Location": f"/api/charges/{created.pk}/"},
+    )
+
+
+@login_required
+def home(request):
+    """The page: the balance, the last charges, and a button that charges
+    100 points once however it is clicked (the template's script)."""
+    account = Wallet.objects.get_or_create(user=request.user)[0]
+    charges = account.charges.order_by("-id")[:10]
+    return render(
+        request, "wallet/home.html", {"balance": account.balance, "charges": charges, "api": ""}
+    )
+
+
+def remote(request):
+    """The same page, calling the API of another origin (``?api=``) with
+    HTTP Basic, as a page of another site would: the README's CORS settings
+    are what let it."""
+    api = request.GET.get("api", "")
+    if not API_ORIGIN.fullmatch(api):
+        return HttpResponseBadRequest("?api= must be an origin, such as http://127.0.0.1:8000")
+    return render(
+        request, "wallet/home.html", {"balance": "…", "charges": [], "api": api, "remote": True}
     )
 
 
