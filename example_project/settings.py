@@ -100,9 +100,11 @@ SPECTACULAR_SETTINGS = {
 # the API; the browser must be allowed to send the key and to read whether
 # an answer is a replay, and when to retry a 409.
 CORS_ALLOWED_ORIGINS = os.environ.get(
-    "EXAMPLE_CORS_ORIGINS", "http://localhost:8001,http://127.0.0.1:8001"
+    "EXAMPLE_CORS_ORIGINS", "http://localhost:8000,http://localhost:8001,http://127.0.0.1:8001"
 ).split(",")
 CORS_ALLOW_HEADERS = (*default_headers, "idempotency-key")
+# The page at /remote/?api=<origin> calls the API of one of these origins.
+EXAMPLE_API_ORIGINS = os.environ.get("EXAMPLE_API_ORIGINS", "http://127.0.0.1:8000").split(",")
 CORS_EXPOSE_HEADERS = ["Idempotent-Replayed", "Retry-After"]
 
 # Seconds a charge holds its transaction open, to watch a duplicate's 409 by hand.

@@ -54,6 +54,7 @@ def example(tmp_path_factory) -> Iterator[tuple[servers.Server, str]]:
         "EXAMPLE_CHARGE_DELAY": CHARGE_DELAY,
         # The same server under another name is another origin.
         "EXAMPLE_CORS_ORIGINS": f"http://localhost:{port}",
+        "EXAMPLE_API_ORIGINS": f"http://{servers.HOST}:{port}",
     }
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "--verbosity=0"],
@@ -198,3 +199,25 @@ def test_the_page_on_another_origin(browser, example):
         assert page.text_content("#balance") == str(balance)
     finally:
         page.context.close()
+
+
+def test_an_answer_lost_by_a_gateway_is_retried_with_the_same_key(page, example):
+    """The charge reached the server, which charged; a proxy answered 504.
+    The page keeps the key and asks again: the replay, not a second charge."""
+    _, database_url = example
+    balance_before, charges_before = database_state(database_url)
+    lost = []
+
+    def gateway(route):
+        if route.request.method == "POST" and not lost:
+            lost.append(route.fetch())  # the server charges
+            route.fulfill(status=504, body="Gateway Timeout")
+        else:
+            route.continue_()
+
+    page.route("**/api/charges/", gateway)
+    page.click("#charge")
+    settle(page, 0, 1)
+    assert "The server answered 504; trying again" in page.inner_text("#log")
+    assert lost[0].status == 201
+    assert database_state(database_url) == (balance_before - 100, charges_before + 1)

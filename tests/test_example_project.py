@@ -121,3 +121,13 @@ def test_the_example_project_migrates_and_checks_on_sqlite(tmp_path):
         )
         assert result.returncode == 0, result.stderr
     assert result.stdout == "System check identified no issues (0 silenced).\n"
+
+
+@pytest.mark.urls("example_project.urls")
+@pytest.mark.django_db
+def test_the_remote_page_calls_only_the_origins_the_project_names(client, settings):
+    settings.EXAMPLE_API_ORIGINS = ["http://127.0.0.1:8000"]
+    assert client.get("/remote/?api=http://127.0.0.1:8000").status_code == 200
+    refused = client.get("/remote/?api=http://attacker.example")
+    assert refused.status_code == 400
+    assert b"http://127.0.0.1:8000" in refused.content

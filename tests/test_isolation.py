@@ -51,6 +51,7 @@ from typing import Any
 import pytest
 from django.core.signals import got_request_exception
 from django.db import DatabaseError, connections, transaction
+from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -58,7 +59,7 @@ from idempotency.backends.base import RequestInfo
 from idempotency.backends.database import MARIADB, DatabaseStore
 from idempotency.models import IdempotencyKey
 from tests.concurrency import Threads, in_another_thread, tally
-from tests.helpers import URL, executions, new_key
+from tests.helpers import URL, executions, new_key, send
 from tests.testapp import views
 from tests.testapp.models import Execution
 
@@ -557,6 +558,35 @@ def test_c_distinct_keys_released_together(user, level, atomic, expired):
         assert [o.status for o in outcomes] == expected, summary
         assert not any(o.replayed for o in outcomes), summary
         assert runs == [2 if expired else 1] * THREADS, summary
+
+
+def test_d_a_duplicate_that_may_wait(user, gate, level, atomic):
+    """WAIT at every level: the duplicate waits for the first and replays it,
+    except on PostgreSQL's snapshot levels, where its snapshot (taken by the
+    claim that found the key in flight) could never see the first's answer:
+    there it gets its 409 at once, rather than after holding a worker."""
+    name, held = gate
+    key = new_key()
+    url = f"{URL}?gate={name}"
+    with override_settings(IDEMPOTENCY={"WAIT": 5}):
+        first = Threads([lambda: send(user, key, url)])
+        assert held.entered.wait(timeout=10)
+        start = time.monotonic()
+        second = Threads([lambda: (send(user, key, url), time.monotonic() - start)])
+        time.sleep(1.0)
+        held.release.set()
+        ((duplicate, elapsed),) = second.join()
+        (original,) = first.join()
+    assert original.status_code == 201
+    assert executions(key) == 1
+    if VENDOR == "postgresql" and level.snapshot:
+        assert duplicate.status_code == 409
+        assert elapsed < 0.9, elapsed
+    else:
+        assert duplicate.status_code == 201
+        assert duplicate["Idempotent-Replayed"] == "true"
+        assert duplicate.content == original.content
+        assert elapsed >= 0.9, elapsed
 
 
 @pytest.mark.vendor("mysql")

@@ -14,6 +14,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from idempotency.backends.database.postgresql import advisory_lock_id
+from idempotency.backends.redis.records import Mine
 from tests.concurrency import Threads, tally
 from tests.helpers import URL, executions, in_flight_record, new_key, send
 from tests.testapp.views import OUTSIDE_RUNS
@@ -151,6 +152,23 @@ def test_the_redis_store_gives_409_at_the_deadline(user, gate, redis_db):
     for response in responses:
         if response.status_code == 409:
             assert 0.3 <= response.elapsed < 1.4, response.elapsed
+
+
+@pytest.mark.redis
+@override_settings(IDEMPOTENCY={**REDIS, "WAIT": 8})
+def test_the_redis_store_waits_no_longer_than_a_dead_holders_lease(user, redis_db):
+    """A worker that died publishes nothing: the wait ends with its lease."""
+    from idempotency.backends.redis import scripts
+    from idempotency.backends.redis.records import record_key
+
+    key = new_key()
+    held = record_key("redis", f"testapp.user:{user.pk}", key)
+    assert isinstance(scripts.claim_or_read(redis_db, held, "-", timedelta(seconds=1)), Mine)
+    start = time.monotonic()
+    response = send(user, key, REDIS_URL)
+    assert response.status_code == 201
+    assert 0.9 <= time.monotonic() - start < 4
+    assert OUTSIDE_RUNS[key] == 1
 
 
 @pytest.mark.server_db

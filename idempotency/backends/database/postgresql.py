@@ -122,6 +122,16 @@ class PostgreSQLDialect(Dialect):
         A blocking lock with a lock_timeout, for this statement only: no
         polling. The lock, once had, is kept until this transaction ends, so
         waiters get the key one after another."""
+        from django.db.backends.postgresql.psycopg_any import IsolationLevel
+
+        if connection.isolation_level in (  # type: ignore[attr-defined]
+            IsolationLevel.REPEATABLE_READ,
+            IsolationLevel.SERIALIZABLE,
+        ):
+            # The transaction's snapshot was taken by its first statement, the
+            # claim that found the key in flight: it could never see what the
+            # first request commits. Waiting would hold the worker for a 409.
+            return Attempt(Result.BUSY)
         lock = advisory_lock_id(params["scope"], params["key"])
         timeout_ms = min(max(1, int(timeout / timedelta(milliseconds=1))), 2**31 - 1)
         with connection.cursor() as cursor:

@@ -100,19 +100,25 @@ class RedisStore(Store):
     def wait(self, info: RequestInfo, lease: timedelta, timeout: timedelta) -> Claim:
         """Listen on the record's channel, where the holder's completion or
         release is published, and claim again at each message: blocked on
-        the socket meanwhile, never polling. Subscribed before the first
-        claim, so no message can slip between a claim and the wait."""
+        the socket meanwhile, never polling. The subscription is confirmed
+        before the first claim, so no message can slip between a claim and
+        the wait; and no wait outlasts the holder's lease, which a worker
+        that died lets run out without a word."""
         deadline = time.monotonic() + timeout.total_seconds()
         channel = record_key(self.NAMESPACE, info.scope, info.key)
-        listener = self.redis.pubsub(ignore_subscribe_messages=True)
+        listener = self.redis.pubsub()
         try:
             listener.subscribe(channel)
+            while listener.get_message(timeout=max(deadline - time.monotonic(), 0)) is None:
+                if time.monotonic() >= deadline:
+                    return Claim(Outcome.IN_FLIGHT)
             while True:
                 claim = self.claim(info, lease)
                 left = deadline - time.monotonic()
                 if claim.outcome is not Outcome.IN_FLIGHT or left <= 0:
                     return claim
-                listener.get_message(timeout=left)
+                lease_left = self.redis.pttl(channel) / 1000
+                listener.get_message(timeout=min(left, lease_left) if lease_left > 0 else left)
         finally:
             listener.close()
 
