@@ -19,9 +19,9 @@ from .statements import Params, Record, Statements, read_record
 
 class MariaDBDialect(Dialect):
     # What the claim's errors mean: 1062 (duplicate entry) a committed record
-    # is in the way; 1205 (lock wait timeout, at once with a zero wait)
-    # another transaction is writing the key.
-    # 1205: innodb_lock_wait_timeout ran out; 1969: max_statement_time did.
+    # is in the way; 1205 (lock wait timeout, at once with a zero wait) and
+    # 1969 (max_statement_time, a waiting duplicate's deadline) another
+    # transaction is writing the key.
     ERRORS = {1062: Result.EXISTS, 1205: Result.BUSY, 1969: Result.BUSY}
     # InnoDB would wait 50 seconds for the lock of a key in flight; a
     # duplicate must get its 409 at once. InnoDB rolls back only the failed
