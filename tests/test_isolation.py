@@ -37,6 +37,7 @@ idempotency/ of a 500 are in the assertion message (and printed: ``-rA``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import sys
 import threading
@@ -50,7 +51,7 @@ from typing import Any
 
 import pytest
 from django.core.signals import got_request_exception
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -629,3 +630,50 @@ def test_a_locking_read_that_meets_a_lock_leaves_the_answer_to_a_retry(user, tra
                 holder.join(timeout=10)
     finally:
         connection.close()  # the session's isolation level goes with it
+
+
+@pytest.mark.vendor("mysql")
+def test_a_key_in_the_gap_of_another_keys_lock_is_not_refused(user, transactional_db):
+    """MariaDB: a transaction whose insert failed on another key's record (a
+    duplicate's claim) holds a shared next-key lock on the gap before it.
+    A new key that sorts in that gap, which nobody else uses, waits for that
+    transaction to end rather than answer 409 (the load harness met it once
+    in a few hundred requests)."""
+    client = APIClient()
+    client.force_authenticate(user)
+    scope = f"testapp.user:{user.pk}"
+    neighbour = "m-0002"
+    IdempotencyKey.objects.create(
+        scope=scope, key=neighbour, fingerprint="f", state="completed", method="POST",
+        path="/", created_at=timezone.now(), expires_at=timezone.now() + timedelta(hours=1),
+    )  # fmt: skip
+    locked, release = threading.Event(), threading.Event()
+
+    def lock_the_gap_before_the_neighbour() -> None:
+        # As a replay's claim does: its insert fails on the neighbour's
+        # record, and keeps a shared next-key lock on it until it ends.
+        with transaction.atomic(), connections["default"].cursor() as cursor:
+            with contextlib.suppress(IntegrityError):
+                cursor.execute(
+                    f"INSERT INTO {TABLE} (scope, `key`, fingerprint, state, method, path,"
+                    " created_at, expires_at) VALUES (%s, %s, 'f', 'in_flight', 'POST', '/',"
+                    " NOW(), NOW())",
+                    [scope, neighbour],
+                )
+            locked.set()
+            release.wait(timeout=10)
+        connections.close_all()
+
+    holder = threading.Thread(target=lock_the_gap_before_the_neighbour)
+    holder.start()
+    try:
+        assert locked.wait(timeout=10)
+        threading.Timer(0.2, release.set).start()
+        response = client.post(
+            URL, {"amount": 1}, format="json", headers={"Idempotency-Key": "m-0001"}
+        )
+    finally:
+        release.set()
+        holder.join(timeout=10)
+    assert response.status_code == 201, response.content
+    assert executions("m-0001") == 1

@@ -27,6 +27,9 @@ class MariaDBDialect(Dialect):
     # duplicate must get its 409 at once. InnoDB rolls back only the failed
     # statement, so the transaction stays usable.
     NO_WAIT = "SET STATEMENT innodb_lock_wait_timeout=0 FOR "
+    # How long a claim waits for a lock on the gap where its key sorts, once
+    # it knows that no transaction holds the key itself.
+    GAP_WAIT = "SET STATEMENT innodb_lock_wait_timeout=1, max_statement_time=0.5 FOR "
     # Without the introducer MariaDB checks the bytes against the connection's
     # character set, and warns.
     BINARY_PREFIX = "_binary "
@@ -113,8 +116,9 @@ class MariaDBDialect(Dialect):
     def insert(
         self, connection: BaseDatabaseWrapper, sql: Statements, params: Params, lease: timedelta
     ) -> Attempt:
+        statement = sql.claim
         for _ in range(self.ATTEMPTS):
-            attempt = self._run(connection, sql.claim, params)
+            attempt = self._run(connection, statement, params)
             if attempt.result is not Result.BUSY:
                 return attempt
             # The lock that stopped the insert may not be on this key: a
@@ -131,6 +135,11 @@ class MariaDBDialect(Dialect):
             except OperationalError as exc:
                 self._refusal(exc)  # raises anything but a lock wait
                 return attempt
+            # Nobody holds this key: the gap's holder, another key's short
+            # transaction, is worth waiting for (briefly), where an insert
+            # that does not wait could meet its lock again, and answer a
+            # 409 for a key nobody else uses.
+            statement = f"{self.GAP_WAIT}{sql.insert}"
         return attempt
 
     def wait_insert(
