@@ -128,10 +128,22 @@ def in_another_thread(work: Callable[[], object], timeout: float = 10) -> None:
 
 
 def kill_session(session_id: int) -> None:
-    """End another connection's database session, as a dying worker would."""
+    """End another connection's database session, as a dying worker would,
+    and return once it is gone, its transaction rolled back and its locks
+    released: both servers end a session after they answer the kill."""
     connection = connections["default"]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute("SELECT pg_terminate_backend(%s)", [session_id])
-        else:
-            cursor.execute(f"KILL CONNECTION {int(session_id)}")
+            # With a timeout, PostgreSQL waits for the backend to exit.
+            cursor.execute("SELECT pg_terminate_backend(%s, 10000)", [session_id])
+            return
+        cursor.execute(f"KILL CONNECTION {int(session_id)}")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM information_schema.processlist WHERE id = %s", [session_id]
+            )
+            if cursor.fetchone()[0] == 0:
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"session {session_id} still there 10 s after KILL")

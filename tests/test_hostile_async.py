@@ -255,7 +255,8 @@ def _pg_kill(pid: int) -> None:
     with psycopg.connect(
         host=s["HOST"], port=s["PORT"], user=s["USER"], dbname=s["NAME"], autocommit=True
     ) as other:
-        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+        # With a timeout, PostgreSQL waits for the backend to exit (and release its locks).
+        other.execute("SELECT pg_terminate_backend(%s, 10000)", [pid])
 
 
 @pytest.mark.vendor("postgresql")
