@@ -109,9 +109,8 @@ class RedisStore(Store):
         listener = self.redis.pubsub()
         try:
             listener.subscribe(channel)
-            while listener.get_message(timeout=max(deadline - time.monotonic(), 0)) is None:
-                if time.monotonic() >= deadline:
-                    return Claim(Outcome.IN_FLIGHT)
+            # Its confirmation: once read, the subscription is in place.
+            listener.get_message(timeout=max(deadline - time.monotonic(), 0))
             while True:
                 claim = self.claim(info, lease)
                 left = deadline - time.monotonic()
