@@ -145,6 +145,15 @@ def redis_relay(redis_db):
     relay.cut()
 
 
+@pytest.fixture(params=[False, True], ids=["autocommit", "atomic_requests"])
+def requests_mode(request):
+    """Each way, with and without ATOMIC_REQUESTS on the default database."""
+    settings_dict = connections["default"].settings_dict
+    settings_dict["ATOMIC_REQUESTS"] = request.param
+    yield request.param
+    settings_dict["ATOMIC_REQUESTS"] = False
+
+
 @pytest.fixture
 def atomic_requests():
     """ATOMIC_REQUESTS = True on the default database, as many projects set."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.db import connections
 
 from idempotency.models import IdempotencyKey
 from tests.testapp.models import Execution
@@ -25,15 +24,6 @@ WAYS = [
 
 def charge(client, body: dict, key: str = "k"):
     return client.post(URL, body, format="json", headers={"Idempotency-Key": key})
-
-
-@pytest.fixture(params=[False, True], ids=["autocommit", "atomic_requests"])
-def requests_mode(request):
-    """Each way, with and without ATOMIC_REQUESTS."""
-    settings_dict = connections["default"].settings_dict
-    settings_dict["ATOMIC_REQUESTS"] = request.param
-    yield request.param
-    settings_dict["ATOMIC_REQUESTS"] = False
 
 
 @pytest.mark.parametrize("how", WAYS)

@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.db import connection, connections
+from django.db import connection
 
 from idempotency import signals
 from idempotency.events import hash_key
@@ -103,14 +103,6 @@ def test_a_failing_receiver_is_logged_and_the_request_goes_on(client, caplog):
     assert response.status_code == 201
     assert "A receiver of idempotency's completed signal" in caplog.text
     assert "the metrics backend is down" in caplog.text
-
-
-@pytest.fixture(params=[False, True], ids=["autocommit", "atomic_requests"])
-def requests_mode(request):
-    settings_dict = connections["default"].settings_dict
-    settings_dict["ATOMIC_REQUESTS"] = request.param
-    yield request.param
-    settings_dict["ATOMIC_REQUESTS"] = False
 
 
 @pytest.mark.django_db(transaction=True)
