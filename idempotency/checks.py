@@ -212,6 +212,16 @@ def check_database(
                 id="idempotency.E014",
             )
         ]
+    if dialect.standby(connection):
+        return [
+            checks.Error(
+                f"IDEMPOTENCY['DATABASE'] names the {alias!r} database, a replica that takes "
+                "no writes: no request could claim a key there.",
+                hint="Name the primary. The key table must be read and written on the primary: "
+                "a replica may lag behind it, and miss a record just claimed or stored.",
+                id="idempotency.E028",
+            )
+        ]
     if dialect is MARIADB:
         return _packet_fits(alias, max_allowed_packet(connection, fresh=True))
     return []

@@ -14,6 +14,7 @@ from django.utils.translation import gettext_lazy as _
 # The module, not its names: the database package reads this module's model
 # (when called, never when imported), so either may be imported first.
 from .backends.database import dialects
+from .conf import settings
 
 
 class ExactCharField(models.CharField):  # type: ignore[type-arg]
@@ -121,6 +122,23 @@ class IdempotencyKeyQuerySet(models.QuerySet["IdempotencyKey"]):
         return [record for record in chosen if record.pk not in kept], busy
 
 
+class IdempotencyKeyManager(models.Manager.from_queryset(IdempotencyKeyQuerySet)):  # type: ignore[misc]
+    """Sends every query to the key table's database (``IDEMPOTENCY["DATABASE"]``),
+    whatever the database routers say, unless ``using()`` names another.
+
+    The key table must be read where it is written: a router that sends
+    reads to a replica would have the admin, the purge and your own queries
+    read a lagging copy, where a record just claimed or completed is still
+    missing (and a purge there fails, the replica taking no writes). The
+    requests themselves never ask the routers.
+    """
+
+    def get_queryset(self) -> IdempotencyKeyQuerySet:
+        return cast(
+            IdempotencyKeyQuerySet, super().get_queryset().using(self._db or settings.DATABASE)
+        )
+
+
 class IdempotencyKey(models.Model):
     """A client's idempotency key and the response its first request produced."""
 
@@ -155,7 +173,7 @@ class IdempotencyKey(models.Model):
         ),
     )
 
-    objects = IdempotencyKeyQuerySet.as_manager()
+    objects = IdempotencyKeyManager()
 
     class Meta:
         verbose_name = _("idempotency key")

@@ -135,7 +135,8 @@ DATABASE_UNAVAILABLE = Problem(
     "database-unavailable",
     503,
     "Database unavailable",
-    "The connection to the database failed while this request was processed. Its effects "
+    "The database could not be reached, or took no writes, while this request was "
+    "processed. Its effects "
     "and its stored response commit together or not at all, so retry with the same {header}: "
     "the request then runs once, or its stored response is replayed.",
 )

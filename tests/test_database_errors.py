@@ -47,7 +47,8 @@ def assert_database_unavailable(response) -> None:
         "type": "tag:django-idempotency,2026:database-unavailable",
         "title": "Database unavailable",
         "status": 503,
-        "detail": "The connection to the database failed while this request was processed. "
+        "detail": "The database could not be reached, or took no writes, while this request was "
+        "processed. "
         "Its effects and its stored response commit together or not at all, so retry with "
         "the same Idempotency-Key: the request then runs once, or its stored response is "
         "replayed.",
@@ -211,3 +212,31 @@ def test_the_key_column_on_an_unsupported_database_keeps_its_defaults(monkeypatc
     field = IdempotencyKey._meta.get_field("key")
     monkeypatch.setattr(connection, "vendor", "oracle")
     assert field.db_parameters(connection).get("collation") is None
+
+
+# A session whose transactions take no writes, as on a replica or a primary
+# being failed over.
+READ_ONLY_SESSION = {
+    "postgresql": "SET SESSION default_transaction_read_only = on",
+    "mysql": "SET SESSION TRANSACTION READ ONLY",
+}
+
+
+@pytest.mark.server_db
+@pytest.mark.django_db(transaction=True)
+def test_a_database_that_takes_no_writes_answers_503_and_runs_nothing(user, caplog):
+    key = new_key()
+    with connection.cursor() as cursor:
+        cursor.execute(READ_ONLY_SESSION[connection.vendor])
+    try:
+        # The test client runs the request in this thread, on this session.
+        refused = send(user, key)
+    finally:
+        connection.close()
+    assert refused.status_code == 503, refused.content
+    assert json.loads(refused.content)["type"].endswith(":database-unavailable")
+    assert executions(key) == 0
+    assert "Database took no writes" in caplog.text
+    # Once the database takes writes again, the retry runs once.
+    assert send(user, key).status_code == 201
+    assert executions(key) == 1

@@ -71,6 +71,17 @@ class Dialect(abc.ABC):
         failure, a deadlock."""
         return False
 
+    def read_only(self, exc: DatabaseError) -> bool:
+        """Whether ``exc`` says that the database takes no writes: a replica,
+        or a primary demoted or made read-only during a failover. Nothing
+        was written, so a retry is safe once writes are taken again."""
+        return False
+
+    def standby(self, connection: BaseDatabaseWrapper) -> bool:
+        """Whether the server is a replica that takes no writes (the system
+        checks ask; requests learn it from :meth:`read_only`)."""
+        return False
+
     def fetch(
         self, connection: BaseDatabaseWrapper, sql: Statements, params: Params
     ) -> Record | None:

@@ -94,6 +94,13 @@ class MariaDBDialect(Dialect):
     def conflict(self, exc: DatabaseError) -> bool:
         return bool(exc.args) and exc.args[0] in self.CONFLICTS
 
+    # 1290: the server runs with --read-only (a replica); 1792: the
+    # transaction is READ ONLY; 1836: the server is in read-only mode.
+    READ_ONLY = frozenset({1290, 1792, 1836})
+
+    def read_only(self, exc: DatabaseError) -> bool:
+        return bool(exc.args) and exc.args[0] in self.READ_ONLY
+
     def fetch(
         self, connection: BaseDatabaseWrapper, sql: Statements, params: Params
     ) -> Record | None:

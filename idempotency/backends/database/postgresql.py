@@ -105,6 +105,18 @@ class PostgreSQLDialect(Dialect):
     def conflict(self, exc: DatabaseError) -> bool:
         return sqlstate(exc) in self.CONFLICTS
 
+    # "cannot execute ... in a read-only transaction": a hot standby, or
+    # default_transaction_read_only.
+    READ_ONLY = "25006"
+
+    def read_only(self, exc: DatabaseError) -> bool:
+        return sqlstate(exc) == self.READ_ONLY
+
+    def standby(self, connection: BaseDatabaseWrapper) -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_is_in_recovery()")
+            return bool(cursor.fetchone()[0])
+
     # lock_timeout ran out.
     LOCK_NOT_AVAILABLE = "55P03"
 

@@ -94,12 +94,17 @@ class DatabaseStore(Store):
         # survived it. If the database refused the connection, restarted or
         # ended this session, whatever the handler did either committed with
         # its stored response or vanished with the claim: a retry is safe.
-        # Errors on a live connection stay the 500 they are, but one: storing
-        # the response, or committing, lost to a concurrent transaction,
-        # which rolled everything back.
+        # Errors on a live connection stay the 500 they are, but two: a
+        # database that takes no writes (a replica, a primary being failed
+        # over), where nothing was written; and storing the response, or
+        # committing, lost to a concurrent transaction, which rolled
+        # everything back.
         if not isinstance(exc, DatabaseError):
             return None
         if self._dialect is None or not self._session_alive(self._session):
+            return Failure.UNAVAILABLE
+        if self._dialect.read_only(exc):
+            self.outage = "Database took no writes (a replica, or a primary being failed over)"
             return Failure.UNAVAILABLE
         if storing and self._dialect.conflict(exc):
             return Failure.CONFLICT
