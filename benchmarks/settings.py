@@ -39,6 +39,10 @@ if _database["ENGINE"] == "django.db.backends.mysql":
 # The benchmark creates and drops this database with Django's test-database
 # machinery, which works on TEST["NAME"].
 _database.setdefault("TEST", {})["NAME"] = _database["NAME"]
+# The load harness's server may reach PostgreSQL through PgBouncer (stress.py
+# --pgbouncer): the same database on another port.
+if os.environ.get("BENCH_DATABASE_PORT"):
+    _database["PORT"] = os.environ["BENCH_DATABASE_PORT"]
 DATABASES = {"default": _database}
 
 # Redis for benchmarks/replay.py, which turns the accelerator on and off

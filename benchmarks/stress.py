@@ -27,6 +27,11 @@ phase 6.
     python -m benchmarks.stress [postgres] [mariadb]            # the full run
     python -m benchmarks.stress postgres mariadb --quick        # CI's bounded run
     python -m benchmarks.stress postgres --quick --redis        # with Redis
+    python -m benchmarks.stress postgres --quick --pgbouncer transaction
+
+With ``--pgbouncer transaction`` (or ``session``) the server reaches
+PostgreSQL through PgBouncer (tests/pgbouncer.py), with a pool of one server
+connection per worker; the harness itself connects directly.
 
 It restarts PostgreSQL (``pg_ctlcluster``) and, with ``--redis``, the Redis
 server (``redis-cli shutdown``, then ``redis-server`` as CI starts it), so it
@@ -36,6 +41,7 @@ needs the rights to.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -498,7 +504,7 @@ def _in_package(frame: str) -> bool:
 PACKAGE = Path(__file__).resolve().parent.parent / "idempotency"
 
 
-def one(url: str, quick: bool, workers: int, redis: bool) -> dict[str, Any]:
+def one(url: str, quick: bool, workers: int, redis: bool, pooler: str | None) -> dict[str, Any]:
     os.environ["BENCH_LOCK_TIMEOUT"] = str(LOCK_TIMEOUT)
     if redis:
         os.environ["BENCH_REDIS_ACCELERATOR"] = "1"
@@ -531,7 +537,13 @@ def one(url: str, quick: bool, workers: int, redis: bool) -> dict[str, Any]:
         env = {
             key: os.environ[key] for key in os.environ if key.startswith(("BENCH_", "EXAMPLE_"))
         }
-        with server.gunicorn(workers, env=env, extra=("--timeout=120",), log=log) as served:
+        stack = contextlib.ExitStack()
+        if pooler:
+            from tests.pgbouncer import pgbouncer
+
+            port = int(connection.settings_dict["PORT"] or 5432)
+            env["BENCH_DATABASE_PORT"] = str(stack.enter_context(pgbouncer(pooler, workers, port)))
+        with stack, server.gunicorn(workers, env=env, extra=("--timeout=120",), log=log) as served:
             harness = Harness(served.port, hold_file)
             harness.duplicates(
                 size["keys"], size["copies"], size["distinct"], size["concurrent_keys"], redis
@@ -575,6 +587,7 @@ def one(url: str, quick: bool, workers: int, redis: bool) -> dict[str, Any]:
         connection.close()
     result["causes_of_500"] = causes_of_500(log_directory)
     result.update(
+        pooler=pooler,
         redis=redis,
         redis_fallbacks=sum(
             record.message.startswith("Redis unavailable (")
@@ -639,6 +652,11 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis", action="store_true", help="with the accelerator, the Redis store, a restart"
     )
+    parser.add_argument(
+        "--pgbouncer",
+        choices=["transaction", "session"],
+        help="the server reaches PostgreSQL through PgBouncer in this pooling mode",
+    )
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -662,7 +680,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         failed += [f"{result['server']}: {problem}" for problem in failures(result)]
     common.print_table(
         f"Load harness, {'bounded' if args.quick else 'full'} run"
-        f"{', with Redis' if args.redis else ''} ({common.machine()})",
+        f"{', with Redis' if args.redis else ''}"
+        f"{f', through PgBouncer ({args.pgbouncer} pooling)' if args.pgbouncer else ''}"
+        f" ({common.machine()})",
         [
             "database",
             "requests",
@@ -702,7 +722,7 @@ def main() -> None:
         __doc__,
         ["postgres", "mariadb"],
         options,
-        lambda url, args: one(url, args.quick, args.workers, args.redis),
+        lambda url, args: one(url, args.quick, args.workers, args.redis, args.pgbouncer),
         report,
     )
 
