@@ -425,6 +425,18 @@ def _redis_cache(name: str, value: Any) -> list[checks.CheckMessage]:
     return []
 
 
+def _replicas(value: Any) -> list[checks.CheckMessage]:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return []
+    return _error(
+        "REDIS_REPLICAS",
+        "must be a whole number of replicas, 0 or more.",
+        "The default is 0 (no waiting for replicas); 1 makes each claim of a "
+        'backend="redis" view wait until a replica has it.',
+        "idempotency.E029",
+    )
+
+
 def _backend(value: Any) -> list[checks.CheckMessage]:
     if value in BACKENDS:
         return []
@@ -465,7 +477,7 @@ def check_redis(
             ]
             if value.get("REDIS_FAIL_OPEN") is True
             else []
-        )
+        ) + _replicas_need_one_master(value)
     users = []
     if value.get("BACKEND") == "redis":
         users.append('IDEMPOTENCY["BACKEND"]')
@@ -481,6 +493,33 @@ def check_redis(
             hint='Set IDEMPOTENCY["REDIS"] to the alias of a django-redis cache in '
             "settings.CACHES.",
             id="idempotency.E021",
+        )
+    ]
+
+
+def _replicas_need_one_master(value: dict[str, Any]) -> list[checks.CheckMessage]:
+    """``REDIS_REPLICAS`` sends WAIT after a claim on the connection that
+    made it, to the one master: a client of a master and its replicas (the
+    DefaultClient, the SentinelClient) has such connections, a client that
+    spreads keys over several masters (a Redis Cluster's) has none."""
+    replicas = value.get("REDIS_REPLICAS")
+    if type(replicas) is not int or replicas <= 0:
+        return []
+    try:
+        from redis import Redis
+
+        client = redis.connection(value["REDIS"])
+    except Exception:  # what the checks of REDIS report (E016-E019, E024)
+        return []
+    if isinstance(client, Redis):
+        return []
+    return [
+        checks.Error(
+            f"IDEMPOTENCY['REDIS_REPLICAS'] is {replicas}, but the {value['REDIS']!r} cache's "
+            f"client ({type(client).__name__}) is not a client of one Redis master: the WAIT "
+            "that must follow each claim on its own connection cannot be sent.",
+            hint="Use django-redis's DefaultClient or SentinelClient, or set REDIS_REPLICAS to 0.",
+            id="idempotency.E030",
         )
     ]
 
@@ -532,6 +571,7 @@ VALUE_CHECKS = {
     "REDIS_ACCELERATOR": _accelerator,
     "REDIS_KEY_PREFIX": _key_prefix,
     "REDIS_FAIL_OPEN": _boolean("REDIS_FAIL_OPEN", "idempotency.E023"),
+    "REDIS_REPLICAS": _replicas,
 }
 
 # Caches that live in one process, or nowhere.

@@ -55,6 +55,9 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_ACCELERATOR": True,
     "REDIS_KEY_PREFIX": "idempotency",
     "REDIS_FAIL_OPEN": False,
+    # How many replicas must acknowledge the Redis store's claim (Redis WAIT)
+    # before its handler runs; 0 does not wait: a failover may lose a claim.
+    "REDIS_REPLICAS": 0,
 }
 
 BACKENDS = ("database", "redis")
@@ -227,6 +230,10 @@ class Settings:
     @property
     def REDIS_FAIL_OPEN(self) -> bool:
         return bool(self._get("REDIS_FAIL_OPEN"))
+
+    @property
+    def REDIS_REPLICAS(self) -> int:
+        return int(self._get("REDIS_REPLICAS"))
 
 
 settings = Settings()

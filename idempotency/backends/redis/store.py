@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from typing import Any
 
@@ -15,9 +15,26 @@ from ...conf import settings
 from ..base import Claim, Completion, Failure, Outcome, RequestInfo, Store, StoredResponse
 from . import scripts
 from .client import connection, errors
-from .records import Mine, record_key
+from .records import Mine, milliseconds, record_key
 
 logger = logging.getLogger("idempotency")
+
+# How long a claim or a stored response waits for REDIS_REPLICAS replicas to
+# acknowledge it (Redis WAIT). A replica that keeps up answers within a
+# millisecond or two, since WAIT asks it at once (REPLCONF GETACK) instead of
+# waiting for its report of every second; one silent for a quarter of a
+# second is cut off or far behind, and a failover then would lose the write
+# whatever the wait. Fixed rather than a setting: it must stay under the
+# SOCKET_TIMEOUT the checks advise (W002), so that WAIT's own answer comes
+# back, not a socket timeout; and short, since while a replica is away every
+# claim of a backend="redis" view waits this long before its 503.
+REPLICA_TIMEOUT = timedelta(milliseconds=250)
+
+
+class NotReplicated(Exception):
+    """Fewer replicas than REDIS_REPLICAS acknowledged a claim in time: it
+    was released, and the request is answered as in an outage."""
+
 
 # What a request that outlived its lease logs, by what it found.
 LATE_COMPLETIONS = {
@@ -51,7 +68,9 @@ class RedisStore(Store):
 
     No transaction joins the record to the handler's effects: they stand
     whatever becomes of the record, and the handler runs once per key for as
-    long as its lease and Redis's data last.
+    long as its lease and Redis's data last. A failover to a replica loses
+    the writes it had not received yet, claims included, unless
+    ``REDIS_REPLICAS`` has each claim wait until replicas have it (WAIT).
     """
 
     NAMESPACE = "redis"
@@ -89,11 +108,21 @@ class RedisStore(Store):
         if self.redis is None:
             self.redis = connection(self.alias)
         key = record_key(self.NAMESPACE, info.scope, info.key)
-        found = scripts.claim_or_read(self.redis, key, info.fingerprint, lease)
-        if isinstance(found, Mine):
-            self.held = Claim(Outcome.CLAIMED, token=found)
-            self.claimed = True
-            return self.held
+        replicas = settings.REDIS_REPLICAS
+        with self._writer(replicas) as client:
+            found = scripts.claim_or_read(client, key, info.fingerprint, lease)
+            if isinstance(found, Mine):
+                # Held from here: should the replicas fail it, unit() releases it.
+                self.held = Claim(Outcome.CLAIMED, token=found)
+                acknowledged = _acknowledged(client, replicas)
+                if acknowledged < replicas:
+                    raise NotReplicated(
+                        f"{acknowledged} of the {replicas} replicas that REDIS_REPLICAS asks "
+                        f"for acknowledged the claim within {milliseconds(REPLICA_TIMEOUT)} ms: a "
+                        "failover could lose it, so it was released and the handler not run"
+                    )
+                self.claimed = True
+                return self.held
         # A value this package cannot read: never run the handler over it.
         return found or Claim(Outcome.IN_FLIGHT)
 
@@ -125,8 +154,11 @@ class RedisStore(Store):
         """Store the response if the claim is still ours, or if its lease ran
         out and nobody claimed the key since; otherwise say who has it."""
         self.held = None
+        replicas = settings.REDIS_REPLICAS
         try:
-            completion = scripts.complete(self.redis, claim.token, response, ttl)
+            with self._writer(replicas) as client:
+                completion = scripts.complete(client, claim.token, response, ttl)
+                acknowledged = _acknowledged(client, replicas if completion in WRITTEN else 0)
         except errors():
             logger.error(
                 "Redis unavailable while storing the response of %s %s: the handler ran but "
@@ -136,6 +168,17 @@ class RedisStore(Store):
                 exc_info=True,
             )
             return Completion.UNKNOWN
+        if acknowledged < replicas and completion in WRITTEN:
+            logger.error(
+                "The response of %s %s was stored, but only %d of the %d replicas that "
+                "REDIS_REPLICAS asks for acknowledged it within %d ms: a failover before they "
+                "have it would leave its key in flight until its lease (LOCK_TIMEOUT) expires, "
+                "and a retry after that would run the handler again. The response was sent.",
+                *self._request(),
+                acknowledged,
+                replicas,
+                milliseconds(REPLICA_TIMEOUT),
+            )
         if completion is not Completion.STORED:
             level, what = LATE_COMPLETIONS[completion]
             logger.log(
@@ -162,10 +205,32 @@ class RedisStore(Store):
             )
 
     def failure(self, exc: Exception, storing: bool) -> Failure | None:
-        if isinstance(exc, errors()) and not self.claimed:
+        if isinstance(exc, (*errors(), NotReplicated)) and not self.claimed:
             return Failure.UNAVAILABLE
         return None
+
+    def _writer(self, replicas: int) -> Any:
+        """The client to write with: with ``replicas``, one holding a single
+        connection of the pool until the block ends: WAIT waits for the
+        writes of its own connection only, and asked on another connection
+        it would answer for that one's writes, not ours."""
+        if replicas:
+            return self.redis.client()
+        return nullcontext(self.redis)
 
     def _request(self) -> tuple[str, str]:
         assert self.info is not None
         return self.info.method, self.info.path
+
+
+# What complete() wrote, if anything: the replicas must have it too.
+WRITTEN = (Completion.STORED, Completion.STORED_LATE)
+
+
+def _acknowledged(client: Any, replicas: int) -> int:
+    """How many replicas have the writes of ``client``'s connection, once
+    ``replicas`` of them do or REPLICA_TIMEOUT has passed (Redis WAIT); with
+    none asked for, no round trip at all."""
+    if not replicas:
+        return 0
+    return int(client.wait(replicas, milliseconds(REPLICA_TIMEOUT)))
