@@ -129,7 +129,11 @@ class Accelerator:
         scripts.put(self.redis, key, value, expires_at - timezone.now(), record_id, kind)
 
     def forget_all(self) -> int:
-        """Drop every copy and marker of this database; return how many."""
+        """Drop every copy and marker of this database; return how many.
+
+        On a Redis Cluster the copies are spread over the masters by slot (no
+        hash tag gathers them): ``RedisCluster.scan_iter`` visits every
+        master, and its ``delete`` sends one ``DEL`` per slot."""
         forgotten = 0
         try:
             batch: list[bytes] = []

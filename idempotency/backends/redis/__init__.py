@@ -12,8 +12,8 @@ keeps its copies in the same format, with the same scripts:
   fingerprint, status, headers), a newline, then the response body's bytes;
 * ``scripts``: the compare-and-set steps, as Lua scripts that Redis runs
   atomically, so nothing can happen between reading a record and replacing
-  it. Each script touches a single key, as a Redis Cluster would require
-  (untested: django-redis has no cluster client).
+  it. Each script touches a single key, as a Redis Cluster requires;
+  ``cluster`` gives django-redis the cluster client it lacks.
 
 Every command goes to the primary (``get_redis_connection(alias,
 write=True)``): a replica may not have seen a claim yet.

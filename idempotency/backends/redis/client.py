@@ -59,13 +59,15 @@ def connection(alias: str | None) -> Any:
 
 def errors() -> tuple[type[Exception], ...]:
     """What a lost, refusing or unusable Redis raises: connection refused or
-    reset, timeouts, a read-only replica, a script error. Imported late so
-    that the package works without redis-py until Redis is configured."""
+    reset, timeouts, a read-only replica, a script error, and a Redis
+    Cluster's own (no node reachable, a slot no master holds), which redis-py
+    does not derive from ``RedisError``. Imported late so that the package
+    works without redis-py until Redis is configured."""
     try:
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisClusterException, RedisError
     except ImportError:
         return (Unusable,)
-    return (RedisError, Unusable)
+    return (RedisError, RedisClusterException, Unusable)
 
 
 # What a request enters redis-py and django-redis by: imported by prepare().

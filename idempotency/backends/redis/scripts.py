@@ -1,8 +1,14 @@
 """The compare-and-set steps, as Lua scripts, and the calls that run them.
 
 Redis runs each script atomically, so nothing can happen between reading a
-record and replacing it. Each script touches a single key, as a Redis
-Cluster would require (untested: django-redis has no cluster client).
+record and replacing it. Each script touches a single key, KEYS[1], so it
+runs on the master of that key's slot, as a Redis Cluster requires (the
+records need no hash tags: no script or command names two of them). PUBLISH
+on a cluster reaches every node, so a waiter hears of the record on whichever
+node it subscribed to, before and after the slot moves; sharded pub/sub
+(SPUBLISH, Redis 7) would keep the message on the slot's shard but loses
+subscribers when the slot moves, and needs Redis 7. Proven on a real cluster
+by tests/test_redis_cluster.py (idempotency.backends.redis.cluster).
 """
 
 from __future__ import annotations
