@@ -13,7 +13,8 @@ from typing import Any
 from django.apps import AppConfig, apps
 from django.conf import settings as django_settings
 from django.core import checks
-from django.db import connections
+from django.db import DatabaseError, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.urls import get_resolver
 from django.utils.module_loading import import_string
 
@@ -202,6 +203,17 @@ def check_database(
     if not databases or alias not in databases or alias not in django_settings.DATABASES:
         return []
     connection = connections[alias]
+    try:
+        return _database_server(alias, connection)
+    except DatabaseError:
+        # Unreachable now: requests answer 503 until it is back, and the
+        # checks have nothing to say of a server they cannot ask.
+        return []
+
+
+def _database_server(alias: str, connection: BaseDatabaseWrapper) -> list[checks.CheckMessage]:
+    """What the server itself tells: its kind, whether it is a replica, its
+    statement size limit."""
     try:
         dialect = dialect_for(connection)
     except UnsupportedDatabase as exc:
@@ -408,7 +420,9 @@ def _redis_cache(name: str, value: Any) -> list[checks.CheckMessage]:
         return _error(
             name,
             f"cannot be used: {exc}.",
-            "Fix the cache's OPTIONS; records are bytes, so leave decode_responses off.",
+            "Fix the cache's LOCATION and OPTIONS (records are bytes: leave decode_responses "
+            "off). A Redis Cluster's client asks a node for the slot map as it is built: "
+            "check that one answers.",
             "idempotency.E024",
         )
     options = caches[value].get("OPTIONS", {})
@@ -425,12 +439,17 @@ def _redis_cache(name: str, value: Any) -> list[checks.CheckMessage]:
     return []
 
 
+MOST_REPLICAS = 100
+
+
 def _replicas(value: Any) -> list[checks.CheckMessage]:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    # Redis refuses a WAIT for more replicas than a 64-bit count; no
+    # deployment has more than a handful anyway.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MOST_REPLICAS:
         return []
     return _error(
         "REDIS_REPLICAS",
-        "must be a whole number of replicas, 0 or more.",
+        f"must be a whole number of replicas, from 0 to {MOST_REPLICAS}.",
         "The default is 0 (no waiting for replicas); 1 makes each claim of a "
         'backend="redis" view wait until a replica has it.',
         "idempotency.E029",

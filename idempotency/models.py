@@ -187,6 +187,19 @@ class IdempotencyKey(models.Model):
     def __str__(self) -> str:
         return self.key
 
+    # Saving and deleting a record ask the routers too (``db_for_write``
+    # wins over where the record was read): they stay on the record's
+    # database, or the key table's, as the manager's queries do.
+    def save(self, *args: Any, using: str | None = None, **kwargs: Any) -> None:
+        super().save(*args, using=using or self._state.db or settings.DATABASE, **kwargs)
+
+    def delete(
+        self, using: str | None = None, keep_parents: bool = False
+    ) -> tuple[int, dict[str, int]]:
+        return super().delete(
+            using=using or self._state.db or settings.DATABASE, keep_parents=keep_parents
+        )
+
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at < now
 

@@ -24,6 +24,7 @@ from idempotency.checks import (
 )
 from idempotency.conf import DeferredPath, settings
 from idempotency.keys import default_scope
+from tests import servers
 
 
 def custom_callable() -> None:
@@ -568,7 +569,7 @@ def test_e024_unusable_connection(options, problem):
     assert id == "idempotency.E024"
     assert msg.startswith("IDEMPOTENCY['REDIS'] cannot be used: the 'store' cache ")
     assert problem in msg
-    assert hint == "Fix the cache's OPTIONS; records are bytes, so leave decode_responses off."
+    assert hint.startswith("Fix the cache's LOCATION and OPTIONS (records are bytes: leave ")
 
 
 def test_e024_a_client_that_is_not_redis_py():
@@ -770,3 +771,21 @@ def test_bad_fingerprint_path():
     assert str(info.value).startswith(
         "IDEMPOTENCY['FINGERPRINT'] 'idempotency.fingerprint.nothing' cannot be imported: "
     )
+
+
+@pytest.mark.server_db
+def test_the_database_check_passes_over_a_server_it_cannot_reach(django_db_blocker):
+    """Nothing listens on the alias's port: ``check --database`` says
+    nothing of it (requests answer 503 until it is back), and does not crash."""
+    alias = "unreachable"
+    connections.settings[alias] = {
+        **connections["default"].settings_dict,
+        "PORT": str(servers.free_port()),
+    }
+    try:
+        with django_db_blocker.unblock(), override_settings(IDEMPOTENCY={"DATABASE": alias}):
+            assert check_database(databases=[alias]) == []
+    finally:
+        connections[alias].close()
+        del connections[alias]
+        del connections.settings[alias]

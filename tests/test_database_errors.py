@@ -18,7 +18,7 @@ from idempotency.models import IdempotencyKey
 from tests.concurrency import in_another_thread, kill_session
 from tests.helpers import executions, new_key, send
 from tests.testapp.models import Execution
-from tests.testapp.views import backend_id
+from tests.testapp.views import READ_ONLY_SESSION, backend_id
 
 
 def test_an_unsupported_database_is_refused():
@@ -214,14 +214,6 @@ def test_the_key_column_on_an_unsupported_database_keeps_its_defaults(monkeypatc
     assert field.db_parameters(connection).get("collation") is None
 
 
-# A session whose transactions take no writes, as on a replica or a primary
-# being failed over.
-READ_ONLY_SESSION = {
-    "postgresql": "SET SESSION default_transaction_read_only = on",
-    "mysql": "SET SESSION TRANSACTION READ ONLY",
-}
-
-
 @pytest.mark.server_db
 @pytest.mark.django_db(transaction=True)
 def test_a_database_that_takes_no_writes_answers_503_and_runs_nothing(user, caplog):
@@ -240,3 +232,17 @@ def test_a_database_that_takes_no_writes_answers_503_and_runs_nothing(user, capl
     # Once the database takes writes again, the retry runs once.
     assert send(user, key).status_code == 201
     assert executions(key) == 1
+
+
+@pytest.mark.server_db
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_a_handler_refused_by_another_read_only_database_is_its_own_500(user, caplog):
+    """Only the claim's refusal means the key table's database takes no
+    writes. The handler's, on another alias, says nothing of it: a 503
+    would tell the client that retrying is safe, and whatever the handler
+    committed elsewhere before would run again."""
+    key = new_key()
+    response = send(user, key, url="/read-only-elsewhere/")
+    assert response.status_code == 500
+    assert "Database took no writes" not in caplog.text
+    assert executions(key) == 0

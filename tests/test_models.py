@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.core.management import call_command
 from django.db import IntegrityError, transaction
+from django.test import override_settings
 from django.utils import timezone
 from model_bakery import baker
 
@@ -70,3 +71,27 @@ def test_scopes_and_keys_compare_exactly():
     for scope, key in [("user:a", "k"), ("user:a ", "k"), ("user:A", "k"), ("user:a", "K")]:
         baker.make(IdempotencyKey, scope=scope, key=key)
     assert IdempotencyKey.objects.filter(scope="user:a", key="k").count() == 1
+
+
+@pytest.mark.django_db(databases=["default", "other"])
+@override_settings(
+    IDEMPOTENCY={"DATABASE": "other"},
+    DATABASE_ROUTERS=["tests.testapp.routers.EverythingToDefault"],
+)
+def test_records_stay_on_the_key_tables_database_whatever_the_routers_say():
+    expires_at = timezone.now() + timedelta(hours=1)
+    created = IdempotencyKey(scope="s", key="new", expires_at=expires_at, created_at=expires_at)
+    created.save()
+    record = IdempotencyKey.objects.create(
+        scope="s", key="k", expires_at=expires_at, created_at=expires_at
+    )
+    assert IdempotencyKey.objects.using("other").count() == 2
+    fetched = IdempotencyKey.objects.get(pk=record.pk)
+    fetched.state = IdempotencyKey.State.COMPLETED
+    fetched.save()
+    assert IdempotencyKey.objects.using("other").get(pk=record.pk).state == "completed"
+    fetched.delete()
+    created.delete()
+    assert IdempotencyKey.objects.using("other").count() == 0
+    # Nothing ever reached the database the router names.
+    assert IdempotencyKey.objects.using("default").count() == 0

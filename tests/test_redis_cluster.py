@@ -163,6 +163,26 @@ def test_system_checks_accept_a_cluster_cache(running):
             call_command("check", "--fail-level", "WARNING")
 
 
+def test_replicas_cannot_be_waited_for_on_a_cluster(running):
+    """REDIS_REPLICAS sends WAIT on the claim's own connection to one
+    master; a cluster client has no such connection (E030)."""
+    with override_settings(CACHES=running.caches(), IDEMPOTENCY={**STORE, "REDIS_REPLICAS": 1}):
+        assert [m.id for m in run_checks() if m.id.startswith("idempotency.")] == [
+            "idempotency.E030"
+        ]
+
+
+def test_a_cluster_cache_on_database_1_is_refused_with_the_reason(running):
+    caches_setting = running.caches()
+    caches_setting["cluster"]["LOCATION"] = [
+        f"{url}/1" for url in caches_setting["cluster"]["LOCATION"]
+    ]
+    with override_settings(CACHES=caches_setting, IDEMPOTENCY=STORE):
+        [error] = [m for m in run_checks() if m.id.startswith("idempotency.")]
+    assert error.id == "idempotency.E024"
+    assert "can only be 0 in cluster mode" in error.msg
+
+
 def test_a_cluster_cache_without_timeouts_is_warned_about(running):
     caches_setting = running.caches()
     del caches_setting["cluster"]["OPTIONS"]["SOCKET_TIMEOUT"]

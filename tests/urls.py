@@ -24,6 +24,7 @@ urlpatterns = [
     path("anonymous/", views.anonymous),
     path("throttled/", views.throttled),
     path("other-database/", views.other_database),
+    path("read-only-elsewhere/", views.read_only_elsewhere),
     path("nested-atomic/", views.nested_atomic),
     path("peeking/", views.peeking),
     path("stream-json/", views.stream_json),

@@ -18,3 +18,14 @@ class ReadsFromReplica:
 
     def allow_migrate(self, db: str, app_label: str, **hints: Any) -> bool:
         return db == "default"
+
+
+class EverythingToDefault:
+    """A router that sends every read and write to ``default``, whatever
+    the model."""
+
+    def db_for_read(self, model: type, **hints: Any) -> str:
+        return "default"
+
+    def db_for_write(self, model: type, **hints: Any) -> str:
+        return "default"

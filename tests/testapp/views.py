@@ -233,6 +233,29 @@ def throttled(request):
     return behave(request, "throttled")
 
 
+# A session whose transactions take no writes, as on a replica or a primary
+# being failed over.
+READ_ONLY_SESSION = {
+    "postgresql": "SET SESSION default_transaction_read_only = on",
+    "mysql": "SET SESSION TRANSACTION READ ONLY",
+}
+
+
+@api_view(["POST"])
+@idempotent
+def read_only_elsewhere(request):
+    """A handler whose own write, on another alias than the key table's,
+    is refused: that database takes no writes."""
+    other = connections["other"]
+    with other.cursor() as cursor:
+        cursor.execute(READ_ONLY_SESSION[other.vendor])
+    try:
+        record(request, "read-only", using="other")
+    finally:
+        other.close()
+    return Response(status=201)
+
+
 @api_view(["POST"])
 @idempotent
 def other_database(request):

@@ -94,12 +94,18 @@ class MariaDBDialect(Dialect):
     def conflict(self, exc: DatabaseError) -> bool:
         return bool(exc.args) and exc.args[0] in self.CONFLICTS
 
-    # 1290: the server runs with --read-only (a replica); 1792: the
-    # transaction is READ ONLY; 1836: the server is in read-only mode.
-    READ_ONLY = frozenset({1290, 1792, 1836})
+    # 1792: the transaction is READ ONLY; 1836: the server is in read-only
+    # mode. 1290 is any server option that prevents the statement: only
+    # --read-only (a replica's) is this case, not --secure-file-priv.
+    READ_ONLY = frozenset({1792, 1836})
+    OPTION_PREVENTS_STATEMENT = 1290
 
     def read_only(self, exc: DatabaseError) -> bool:
-        return bool(exc.args) and exc.args[0] in self.READ_ONLY
+        if not exc.args:
+            return False
+        if exc.args[0] == self.OPTION_PREVENTS_STATEMENT:
+            return "--read-only" in str(exc.args[-1])
+        return exc.args[0] in self.READ_ONLY
 
     def fetch(
         self, connection: BaseDatabaseWrapper, sql: Statements, params: Params

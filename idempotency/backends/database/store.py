@@ -46,6 +46,8 @@ class DatabaseStore(Store):
         # The handler rolled its own work back: so must any transaction
         # around the unit (ATOMIC_REQUESTS), as without the package.
         self._roll_back_around = False
+        # The claim met a database that takes no writes.
+        self._read_only = False
 
     @property
     def dialect(self) -> Dialect:
@@ -94,16 +96,16 @@ class DatabaseStore(Store):
         # survived it. If the database refused the connection, restarted or
         # ended this session, whatever the handler did either committed with
         # its stored response or vanished with the claim: a retry is safe.
-        # Errors on a live connection stay the 500 they are, but two: a
-        # database that takes no writes (a replica, a primary being failed
-        # over), where nothing was written; and storing the response, or
-        # committing, lost to a concurrent transaction, which rolled
-        # everything back.
+        # Errors on a live connection stay the 500 they are, but two: the
+        # claim refused by a database that takes no writes (a replica, a
+        # primary being failed over), before anything ran; and storing the
+        # response, or committing, lost to a concurrent transaction, which
+        # rolled everything back.
         if not isinstance(exc, DatabaseError):
             return None
         if self._dialect is None or not self._session_alive(self._session):
             return Failure.UNAVAILABLE
-        if self._dialect.read_only(exc):
+        if self._read_only:
             self.outage = "Database took no writes (a replica, or a primary being failed over)"
             return Failure.UNAVAILABLE
         if storing and self._dialect.conflict(exc):
@@ -143,8 +145,13 @@ class DatabaseStore(Store):
     ) -> Claim:
         try:
             return self._claim(info, lease, wait)
-        except OperationalError as exc:
-            if not self.dialect.conflict(exc):
+        except DatabaseError as exc:
+            # Only the claim's own refusal counts: the first write of the
+            # request, before the handler ran. The same error from the
+            # handler's statements (on another alias, say) says nothing of
+            # the key table's database, and stays the 500 it is.
+            self._read_only = self.dialect.read_only(exc)
+            if not isinstance(exc, OperationalError) or not self.dialect.conflict(exc):
                 raise
             # REPEATABLE READ or SERIALIZABLE, and the transaction's snapshot
             # was taken (under ATOMIC_REQUESTS, by the request's first read)

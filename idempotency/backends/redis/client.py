@@ -49,7 +49,11 @@ def connection(alias: str | None) -> Any:
     except Exception as exc:
         # Whatever django-redis or a custom client class raises for its
         # configuration (the checks report it as E024).
-        raise Unusable(f"the {alias!r} cache gives no Redis connection: {exc!r}") from exc
+        # The message itself: some exceptions' repr hides it (redis-py's
+        # cluster errors).
+        raise Unusable(
+            f"the {alias!r} cache gives no Redis connection: {type(exc).__name__}: {exc}"
+        ) from exc
     if decodes:
         # Records hold response bodies as bytes; decoded, they would not
         # parse, and a binary body could not be read back at all.

@@ -28,7 +28,6 @@ master.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,7 +38,6 @@ from redis.cluster import ClusterNode, RedisCluster
 # Django gives each thread a cache client of its own, and each RedisCluster
 # asks the cluster for its slot map and keeps a pool per node.
 _clusters: dict[str, RedisCluster] = {}
-_building = threading.Lock()
 
 
 class ClusterClient(DefaultClient):
@@ -61,11 +59,15 @@ class ClusterClient(DefaultClient):
         the slot map, so it raises (``RedisClusterException``) if none of
         ``LOCATION``'s nodes answers."""
         identity = repr((self._server, sorted(self._options.items(), key=str)))
-        with _building:
-            cluster = _clusters.get(identity)
-            if cluster is None:
-                cluster = _clusters[identity] = self._build()
-        return cluster
+        cluster = _clusters.get(identity)
+        if cluster is not None:
+            return cluster
+        # No lock around the build: while the cluster does not answer, each
+        # thread's attempt takes its own socket timeouts, not the sum of
+        # those of every thread queued before it. Threads that build at once
+        # all keep the first client stored (setdefault is atomic); the
+        # others' connections close as they are collected.
+        return _clusters.setdefault(identity, self._build())
 
     def _build(self) -> RedisCluster:
         first, *others = self._server

@@ -214,7 +214,7 @@ class RedisStore(Store):
         connection of the pool until the block ends: WAIT waits for the
         writes of its own connection only, and asked on another connection
         it would answer for that one's writes, not ours."""
-        if replicas:
+        if replicas > 0:
             return self.redis.client()
         return nullcontext(self.redis)
 
@@ -231,6 +231,6 @@ def _acknowledged(client: Any, replicas: int) -> int:
     """How many replicas have the writes of ``client``'s connection, once
     ``replicas`` of them do or REPLICA_TIMEOUT has passed (Redis WAIT); with
     none asked for, no round trip at all."""
-    if not replicas:
+    if replicas <= 0:
         return 0
     return int(client.wait(replicas, milliseconds(REPLICA_TIMEOUT)))
