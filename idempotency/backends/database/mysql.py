@@ -101,11 +101,10 @@ class MariaDBDialect(Dialect):
     OPTION_PREVENTS_STATEMENT = 1290
 
     def read_only(self, exc: DatabaseError) -> bool:
-        if not exc.args:
-            return False
-        if exc.args[0] == self.OPTION_PREVENTS_STATEMENT:
-            return "--read-only" in str(exc.args[-1])
-        return exc.args[0] in self.READ_ONLY
+        code = exc.args[0] if exc.args else None
+        return code in self.READ_ONLY or (
+            code == self.OPTION_PREVENTS_STATEMENT and "--read-only" in str(exc.args[-1])
+        )
 
     def fetch(
         self, connection: BaseDatabaseWrapper, sql: Statements, params: Params
