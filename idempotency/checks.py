@@ -484,10 +484,17 @@ def check_redis(
     """Views that keep their records in Redis need ``IDEMPOTENCY["REDIS"]``."""
     value = user_settings()
     if value.get("REDIS") is not None:
+        replicas = value.get("REDIS_REPLICAS")
+        # With REDIS_REPLICAS, a replica that falls behind is an outage too.
+        lagging = (
+            " or fewer than REDIS_REPLICAS replicas keep up with it"
+            if type(replicas) is int and replicas > 0
+            else ""
+        )
         return (
             [
                 checks.Warning(
-                    "IDEMPOTENCY['REDIS_FAIL_OPEN'] is on: while Redis is unreachable, "
+                    f"IDEMPOTENCY['REDIS_FAIL_OPEN'] is on: while Redis is unreachable{lagging}, "
                     'views with backend="redis" run every request, duplicates included.',
                     hint="Turn it off unless running a duplicate is better than a 503 for "
                     "those views.",

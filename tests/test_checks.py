@@ -640,6 +640,13 @@ def test_w001_fail_open_warns():
     ((id, msg, _hint),) = redis_errors(REDIS_CACHE, REDIS_FAIL_OPEN=True)
     assert id == "idempotency.W001"
     assert "duplicates included" in msg
+    assert "REDIS_REPLICAS" not in msg
+
+
+def test_w001_fail_open_with_replicas_names_their_lag_too():
+    ((id, msg, _hint),) = redis_errors(REDIS_CACHE, REDIS_FAIL_OPEN=True, REDIS_REPLICAS=1)
+    assert id == "idempotency.W001"
+    assert "or fewer than REDIS_REPLICAS replicas keep up with it" in msg
 
 
 # Registration.
