@@ -243,9 +243,13 @@ class Harness:
             ]
             time.sleep(0.3)
             trouble()
+            # Released now, not after the traffic: a held charge that reached
+            # the database only after the trouble (its worker was busy) holds
+            # its wallet's row lock until released, and the traffic queued
+            # behind that lock would wait out MariaDB's lock wait timeout.
+            self.release(held)
             for future in futures:
                 future.result(timeout=120)
-        self.release(held)
 
     def redis_outage(self, requests: int) -> None:
         """Stop Redis while three charges are in flight and ``requests`` more
