@@ -28,6 +28,18 @@ def tally(test: str, responses: list, executions: int) -> None:
         counts[f"{response.status_code}{' replay' if replayed else ''}"] += 1
 
 
+def tally_http(test: str, answers: list, executions: int) -> None:
+    """``tally`` for the answers of a real server (``servers.Answer``),
+    whose header names are lower case."""
+    counts = TALLY[test]
+    counts["keys"] += 1
+    counts["requests"] += len(answers)
+    counts["executions"] += executions
+    for answer in answers:
+        replayed = " replay" if "idempotent-replayed" in answer.headers else ""
+        counts[f"{answer.status}{replayed}"] += 1
+
+
 def assert_one_original(responses: list) -> None:
     """One request ran; every other answer is a 409 or a byte-identical
     replay of it."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.pgbouncer import HOST, _free_port
+from tests.servers import HOST, free_port
 
 USER = "postgres"
 
@@ -85,8 +85,8 @@ def primary_and_replica() -> Iterator[tuple[Cluster, Cluster]]:
     if os.geteuid() == 0:
         account = pwd.getpwnam(USER)
         shutil.chown(root, account.pw_uid, account.pw_gid)
-    primary = Cluster(_free_port(), root / "primary")
-    replica = Cluster(_free_port(), root / "replica")
+    primary = Cluster(free_port(), root / "primary")
+    replica = Cluster(free_port(), root / "replica")
     started: list[Path] = []
     try:
         subprocess.run(

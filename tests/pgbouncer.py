@@ -22,14 +22,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from tests.servers import HOST, free_port
+
 EXECUTABLE = "/usr/sbin/pgbouncer"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
 
 
 def _listening(port: int) -> bool:
@@ -79,7 +74,7 @@ def pgbouncer(
     if not os.path.exists(EXECUTABLE):
         raise RuntimeError(f"{EXECUTABLE} is missing: apt-get install pgbouncer")
     directory = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
-    port = _free_port()
+    port = free_port()
     (directory / "users.txt").write_text('"postgres" ""\n"root" ""\n')
     config = directory / "pgbouncer.ini"
     config.write_text(configuration(port, server_port, mode, pool_size, directory))

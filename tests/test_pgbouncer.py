@@ -26,7 +26,7 @@ import pytest
 from django.db import connection
 
 from tests import servers
-from tests.concurrency import LATENCIES, TALLY
+from tests.concurrency import LATENCIES, tally_http
 from tests.helpers import new_key
 from tests.pgbouncer import pgbouncer
 
@@ -113,7 +113,7 @@ def test_duplicates_run_once_through_the_pooler(pooled, database):
     server, _, mode = pooled
     keys = [new_key() for _ in range(KEYS)]
     answers = at_once(server, SLOW, keys)
-    tally = TALLY[f"pgbouncer, {mode} pooling: duplicates (HTTP, {POOL} server connections)"]
+    test = f"pgbouncer, {mode} pooling: duplicates (HTTP, {POOL} server connections)"
     for key in keys:
         statuses = [answer.status for answer in answers[key]]
         assert len(statuses) == COPIES
@@ -126,12 +126,7 @@ def test_duplicates_run_once_through_the_pooler(pooled, database):
         assert (retry.status, retry.headers.get("idempotent-replayed")) == (201, "true")
         assert retry.body == originals[0].body
         assert charges(database, key) == 1
-        tally["keys"] += 1
-        tally["requests"] += COPIES + 1
-        tally["executions"] += charges(database, key)
-        for answer in [*answers[key], retry]:
-            replayed = " replay" if "idempotent-replayed" in answer.headers else ""
-            tally[f"{answer.status}{replayed}"] += 1
+        tally_http(test, [*answers[key], retry], charges(database, key))
 
 
 def test_a_duplicate_is_refused_at_once_through_the_pooler(pooled, database):

@@ -23,7 +23,7 @@ from django.test import override_settings
 
 from idempotency.checks import check_database
 from tests import servers
-from tests.concurrency import TALLY
+from tests.concurrency import tally_http
 from tests.helpers import executions, new_key, send
 from tests.pg_replica import Cluster, caught_up, primary_and_replica
 
@@ -136,7 +136,7 @@ def test_a_lagging_replica_never_answers_for_the_key_table(clusters, served):
         # The lag, made visible: the primary holds every record, the replica none.
         assert records(primary, keys) == KEYS
         assert records(replica, keys) == 0
-        tally = TALLY["replica: duplicates while the replica lags (HTTP)"]
+        test = "replica: duplicates while the replica lags (HTTP)"
         for key in keys:
             statuses = sorted(answer.status for answer in answers[key])
             assert len(statuses) == COPIES
@@ -154,12 +154,7 @@ def test_a_lagging_replica_never_answers_for_the_key_table(clusters, served):
             assert retry.headers["idempotent-replayed"] == "true"
             assert retry.body == originals[0].body
             assert charges(primary, key) == 1
-            tally["keys"] += 1
-            tally["requests"] += COPIES + 1
-            tally["executions"] += charges(primary, key)
-            for answer in [*answers[key], retry]:
-                replayed = " replay" if "idempotent-replayed" in answer.headers else ""
-                tally[f"{answer.status}{replayed}"] += 1
+            tally_http(test, [*answers[key], retry], charges(primary, key))
         # The ORM reads the key table on the primary too, whatever the
         # router says: the replica would have counted none, and a purge
         # there would fail, a replica taking no writes.
