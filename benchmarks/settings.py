@@ -33,6 +33,10 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
     _database["OPTIONS"] = {"transaction_mode": "IMMEDIATE", "timeout": 20}
 else:
     _database["NAME"] = "idempotency_bench"
+if os.environ.get("BENCH_PREPARED") and "postgresql" in _database["ENGINE"]:
+    # Server-side binding, and psycopg prepares a statement on its second
+    # execution: how a project that opts in to prepared statements runs.
+    _database["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 1}
 if _database["ENGINE"] == "django.db.backends.mysql":
     _database["OPTIONS"] = {"charset": "utf8mb4"}
     _database["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}

@@ -10,6 +10,8 @@ from rest_framework.decorators import api_view
 from example_project.wallet import views
 from idempotency.decorators import OPTIONS_ATTRIBUTE, idempotent
 
+from . import floor
+
 
 def _handler(view):
     """The function under ``@api_view`` and ``@idempotent``."""
@@ -41,6 +43,8 @@ def _async(view):
 
 
 urlpatterns = [
+    path("api/floor/charges/", floor.charge, name="charge-floor"),
+    path("api/floor/replay/", floor.replay, name="replay-floor"),
     path("api/async/undecorated/charges/", async_api_view(["POST"])(_async(views.charge))),
     path("api/async/charges/", async_api_view(["POST"])(idempotent(_async(views.charge)))),
     path("api/undecorated/charges/", _undecorated(views.charge), name="charge-undecorated"),
