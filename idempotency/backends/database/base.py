@@ -43,6 +43,9 @@ class Dialect(abc.ABC):
     # What comes before a bytes parameter in SQL (Django's own
     # binary_placeholder_sql() changed its signature in Django 6.0).
     BINARY_PREFIX = ""
+    # Whether the purge's batches follow the expiry index in order, each
+    # picking up where the last one ended (see IdempotencyKeyQuerySet).
+    PURGE_IN_ORDER = False
     # The collation of the scope and key columns, where the database's
     # default would not compare them byte for byte.
     KEY_COLLATION: str | None = None
