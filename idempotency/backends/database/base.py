@@ -58,6 +58,9 @@ class Dialect(abc.ABC):
     def take_over_sql(self, sql: Statements) -> str:
         return sql.update
 
+    def probe_sql(self, sql: Statements) -> str:
+        return ""
+
     def complete_row_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
         return ""
 

@@ -73,6 +73,9 @@ class Statements:
     # in the same statement (see PostgreSQLDialect.claim_sql).
     claim_and_take_over: str = ""
     take_over: str = ""  # the dialect's takeover, built from ``update``
+    # PostgreSQL: after a claim that inserted nothing, the record in the way
+    # and the key's lock (see PostgreSQLDialect.probe_sql).
+    probe: str = ""
 
 
 def field(name: str) -> Field[Any, Any]:
@@ -131,6 +134,7 @@ def _build(connection: BaseDatabaseWrapper, dialect: Dialect) -> Statements:
         claim_and_take_over=dialect.claim_sql(statements, column, take_over=True),
         complete_row=dialect.complete_row_sql(statements, column),
         take_over=dialect.take_over_sql(statements),
+        probe=dialect.probe_sql(statements),
     )
 
 
