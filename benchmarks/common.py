@@ -259,19 +259,29 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def interleaved_medians(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+def interleaved_medians(
+    calls: dict[str, Callable[[], Any]], rounds: int, cpu: dict[str, float] | None = None
+) -> dict[str, float]:
     """Median ms of each call over ``rounds`` rounds, after a warm-up. Each
     round runs every call once, in a new random order, so that drift in the
-    machine's speed falls on all of them alike."""
+    machine's speed falls on all of them alike. ``cpu``, if given, receives
+    the median ms of this thread's CPU time in each call: the Python work,
+    where the rest of the time is spent waiting for the database or Redis
+    (their own work, and the round trips)."""
     for _ in range(min(rounds, 200)):
         for call in calls.values():
             call()
     times: dict[str, list[float]] = {name: [] for name in calls}
+    cpus: dict[str, list[float]] = {name: [] for name in calls}
     order = list(calls)
     for _ in range(rounds):
         random.shuffle(order)
         for name in order:
+            started = time.thread_time_ns()
             times[name].append(timed(calls[name]))
+            cpus[name].append((time.thread_time_ns() - started) / 1e6)
+    if cpu is not None:
+        cpu.update({name: median(values) for name, values in cpus.items()})
     return {name: median(values) for name, values in times.items()}
 
 

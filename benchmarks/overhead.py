@@ -11,10 +11,14 @@ Each request goes through the project's whole WSGI application in-process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from . import common
@@ -23,7 +27,7 @@ UNDECORATED = "/api/undecorated/charges/"
 DECORATED = "/api/charges/"
 FLOOR = "/api/floor/charges/"
 FLOOR_REPLAY = "/api/floor/replay/"
-KINDS = ("undecorated", "first", "replay", "floor first", "floor replay")
+KINDS = ("undecorated", "first", "replay", "409", "floor first", "floor replay")
 # The targets on PostgreSQL, as ratios to the undecorated handler: a first
 # execution within 0.05 of the floor's (a claim and a stored response cost
 # about what a plain insert and update do), and a replay at 0.30 at most.
@@ -92,25 +96,85 @@ class Floors:
         common.check(status == 201 and replayed == content, status, replayed, content)
 
 
+@contextmanager
+def held(scope: str) -> Iterator[str]:
+    """A key of ``scope`` claimed by a transaction of another connection,
+    which stays open (holding it in flight) until the block ends."""
+    from django.db import connections, transaction
+    from django.utils import timezone
+
+    from idempotency.backends.base import Outcome, RequestInfo
+    from idempotency.backends.database import DatabaseStore
+
+    connections.settings["held"] = connections.settings["default"]
+    key = str(uuid.uuid4())
+    claimed, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        store = DatabaseStore("held")
+        info = RequestInfo(scope, key, "", "POST", DECORATED, timezone.now())
+        try:
+            with store.unit():
+                claim = store.claim(info, timedelta(hours=1))
+                common.check(claim.outcome is Outcome.CLAIMED, claim)
+                claimed.set()
+                release.wait()
+                transaction.set_rollback(True, using="held")
+        finally:
+            store.end()
+            connections["held"].close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        common.check(claimed.wait(timeout=30), "the key was not claimed")
+        yield key
+    finally:
+        release.set()
+        thread.join()
+
+
 def measure(rounds: int) -> dict[str, Any]:
     """Medians (ms) of each kind, interleaved in random order every round,
-    and the statements each kind sends."""
+    their CPU time, and the statements each kind sends. The 409 is left out
+    on SQLite, where a duplicate waits for the first request's transaction
+    (up to the connection's timeout) instead."""
+    from django.db import connection
+
+    from idempotency.models import IdempotencyKey
+
     requests, floors = Requests(), Floors()
-    calls = {
-        "undecorated": requests.undecorated,
-        "first": requests.first,
-        "replay": requests.replay,
-        "floor first": floors.first,
-        "floor replay": floors.replay,
-    }
     requests.first()
     floors.first()
-    statements = {}
-    for kind, call in calls.items():
-        with common.Statements.count() as counted:
-            call()
-        statements[kind] = {"other": counted.other, "control": counted.control, "sql": counted.sql}
-    return {"medians": common.interleaved_medians(calls, rounds), "statements": statements}
+    scope = IdempotencyKey.objects.values_list("scope", flat=True).get(key=requests.done[0][0])
+    with held(scope) if connection.vendor != "sqlite" else contextlib.nullcontext() as key:
+
+        def conflict() -> None:
+            status, content, _ = requests.client.post(DECORATED, body(0), key)
+            common.check(status == 409, status, content)
+
+        calls = {
+            "undecorated": requests.undecorated,
+            "first": requests.first,
+            "replay": requests.replay,
+            "409": conflict,
+            "floor first": floors.first,
+            "floor replay": floors.replay,
+        }
+        if key is None:
+            del calls["409"]
+        statements = {}
+        for kind, call in calls.items():
+            with common.Statements.count() as counted:
+                call()
+            statements[kind] = {
+                "other": counted.other,
+                "control": counted.control,
+                "sql": counted.sql,
+            }
+        cpu: dict[str, float] = {}
+        medians = common.interleaved_medians(calls, rounds, cpu)
+    return {"medians": medians, "cpu": cpu, "statements": statements}
 
 
 def one(
@@ -132,7 +196,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         medians, statements = result["medians"], result["statements"]
         base = medians["undecorated"]
         floors = {"first": "floor first", "replay": "floor replay"}
+        cpu = result.get("cpu", {})
         for kind in KINDS:
+            if kind not in medians:
+                continue
             ratio = medians[kind] / base
             floor = target = ""
             if kind in floors:
@@ -152,12 +219,24 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
                     floor,
                     target,
                     f"{statements[kind]['other']} + {statements[kind]['control']}",
+                    f"{cpu[kind]:.3f}" if kind in cpu else "",
+                    f"{medians[kind] - cpu[kind]:.3f}" if kind in cpu else "",
                 ]
             )
     common.print_table(
         f"Overhead of @idempotent, median ms per request over {args.rounds} interleaved "
         f"rounds ({common.machine()})",
-        ["database", "request", "median ms", "/ undecorated", "floor", "target", "statements"],
+        [
+            "database",
+            "request",
+            "median ms",
+            "/ undecorated",
+            "floor",
+            "target",
+            "statements",
+            "python ms",
+            "waiting ms",
+        ],
         rows,
     )
     print(
@@ -166,11 +245,15 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         "benchmarks/floor.py.\n"
         "Target: the first execution within 0.05x of its floor (1.22x at most), the replay "
         "0.30x at most; set for PostgreSQL, shown for every database.\n"
-        "Statements: other + transaction control (BEGIN/COMMIT/savepoints/autocommit)."
+        "Statements: other + transaction control (BEGIN/COMMIT/savepoints/autocommit).\n"
+        "Python ms: this thread's CPU time (median); waiting ms: the rest, spent on the "
+        "database's work and the round trips.\n"
+        "409: a duplicate of a key that another connection's transaction holds (not on "
+        "SQLite, where a duplicate waits for it)."
     )
     if args.sql:
         for result in results:
-            for kind in KINDS:
+            for kind in result["statements"]:
                 print(f"\n{result['server']}, {kind}:")
                 for sql in result["statements"][kind]["sql"]:
                     print(f"  {sql[:160]}")
