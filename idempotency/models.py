@@ -104,14 +104,14 @@ class IdempotencyKeyQuerySet(models.QuerySet["IdempotencyKey"]):
         meta = self.model._meta
         table = quote(meta.db_table)
         pk_column = quote(cast(str, cast(models.Field, meta.pk).column))  # type: ignore[type-arg]
-        expires_at = quote(cast(str, cast(models.Field, meta.get_field("expires_at")).column))  # type: ignore[type-arg]
+        expiry_column = quote(cast(str, cast(models.Field, meta.get_field("expires_at")).column))  # type: ignore[type-arg]
         # By the primary key only (an index hint needs the multiple-table
         # form): on a small table the optimizer may range over the expiry
         # index instead, and wait for the lock of a row the batch skipped
         # (one being taken over).
         delete = (
             f"DELETE {table} FROM {table} FORCE INDEX (PRIMARY) WHERE {pk_column} IN ({{ids}})"
-            f" AND {expires_at} < %s"
+            f" AND {expiry_column} < %s"
         )
         expired = (
             self.expired(cutoff)
@@ -140,10 +140,10 @@ class IdempotencyKeyQuerySet(models.QuerySet["IdempotencyKey"]):
                 yield deleted
             if len(chosen) < batch_size:
                 return
-            pk, expires_at = chosen[-1]
+            last_pk, last_expiry = chosen[-1]
             batch = expired.filter(
-                Q(expires_at__gt=expires_at) | Q(expires_at=expires_at, pk__gt=pk),
-                expires_at__gte=expires_at,
+                Q(expires_at__gt=last_expiry) | Q(expires_at=last_expiry, pk__gt=last_pk),
+                expires_at__gte=last_expiry,
             )
 
     def purge(self, batch_size: int = 1000, now: datetime | None = None) -> int:
