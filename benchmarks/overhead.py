@@ -220,7 +220,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
                     target,
                     f"{statements[kind]['other']} + {statements[kind]['control']}",
                     f"{cpu[kind]:.3f}" if kind in cpu else "",
-                    f"{medians[kind] - cpu[kind]:.3f}" if kind in cpu else "",
+                    # Medians of each: the difference can dip below zero.
+                    f"{max(medians[kind] - cpu[kind], 0):.3f}" if kind in cpu else "",
                 ]
             )
     common.print_table(
