@@ -14,9 +14,10 @@ from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from idempotency.backends.database import UnsupportedDatabase, dialect_for
+from idempotency.backends.database.postgresql import advisory_lock_id
 from idempotency.models import IdempotencyKey
 from tests.concurrency import in_another_thread, kill_session
-from tests.helpers import executions, new_key, send
+from tests.helpers import executions, in_flight_record, new_key, send
 from tests.testapp.models import Execution
 from tests.testapp.views import READ_ONLY_SESSION, backend_id
 
@@ -200,6 +201,41 @@ def test_a_record_purged_in_the_middle_of_a_claim_answers_409(user):
     assert retry.status_code == 201
     assert "Idempotent-Replayed" not in retry
     assert executions(key) == 2
+
+
+@pytest.mark.vendor("postgresql")
+@pytest.mark.django_db(transaction=True)
+def test_a_lock_freed_between_the_claim_and_its_probe_still_bounds_the_takeover(user):
+    # Another request holds the key's lock while the claim's insert runs, and
+    # ends before the probe reads the record: the probe gets the lock, and
+    # takes the expired record over. The handler must run under the claim's
+    # idle timeout all the same, or a hung worker would hold the key forever.
+    key = new_key()
+    in_flight_record(user, key, timedelta(minutes=-5))
+    lock = advisory_lock_id(f"testapp.user:{user.pk}", key)
+    holder = connection.get_new_connection(connection.get_connection_params())
+    holder.autocommit = True
+    holder.execute("SELECT pg_advisory_lock(%s)", [lock])
+    seen = {}
+
+    def release_after_the_insert(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.startswith("INSERT") and "pg_try_advisory_xact_lock" in sql:
+            holder.execute("SELECT pg_advisory_unlock(%s)", [lock])
+        elif sql.startswith("UPDATE") and "RETURNING ctid" in sql:  # the takeover
+            with context["connection"].cursor() as cursor:
+                cursor.execute("SHOW idle_in_transaction_session_timeout")
+                seen["idle"] = cursor.fetchone()[0]
+        return result
+
+    try:
+        with connection.execute_wrapper(release_after_the_insert):
+            response = send(user, key)
+    finally:
+        holder.close()
+    assert response.status_code == 201
+    assert seen == {"idle": "1min"}  # LOCK_TIMEOUT's default
+    assert executions(key) == 1
 
 
 def test_the_key_column_on_an_unsupported_database_keeps_its_defaults(monkeypatch):

@@ -79,10 +79,17 @@ class PostgreSQLDialect(Dialect):
 
     def probe_sql(self, sql: Statements) -> str:
         # After a claim that inserted nothing: the record in the way, and
-        # whether this transaction has the key's lock (it does if the claim
-        # had it: the lock is taken again, and kept until the transaction
-        # ends). No record, no lock taken: the claim's answer is a 409.
-        return sql.select.replace("SELECT ", "SELECT pg_try_advisory_xact_lock(%(lock)s), ", 1)
+        # whether this transaction has the key's lock. It has it if the
+        # claim had it (taking it again changes nothing), and it may get it
+        # now if the transaction that held it has just ended: then this one
+        # may take an expired record over, so it sets the timeout too, as
+        # the claim does. No record, no lock taken: the answer is a 409.
+        return sql.select.replace(
+            "SELECT ",
+            "SELECT (pg_try_advisory_xact_lock(%(lock)s) AND"
+            " set_config('idle_in_transaction_session_timeout', %(idle)s, true) IS NOT NULL), ",
+            1,
+        )
 
     def complete_row_sql(self, sql: Statements, column: Callable[[str], str]) -> str:
         by_id = f" WHERE {column('id')} = %(id)s"
