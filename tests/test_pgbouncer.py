@@ -37,6 +37,12 @@ KEYS, COPIES = 6, 6
 # The handler takes its time, so that copies arrive while it runs.
 SLOW = "/charge/?sleep=0.3"
 WAITING = "/waiting/?sleep=0.3"
+# The advisory locks held in this database: pg_locks covers the whole
+# server, where other databases' clients may hold theirs.
+ADVISORY_LOCKS = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +145,7 @@ def test_a_duplicate_is_refused_at_once_through_the_pooler(pooled, database):
     holder.start()
     # Its claim is uncommitted, but its advisory lock shows.
     deadline = time.monotonic() + 10
-    while not count(database, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"):
+    while not count(database, ADVISORY_LOCKS):
         assert time.monotonic() < deadline, "the first request never claimed its key"
         time.sleep(0.01)
     latencies = []
@@ -173,9 +179,7 @@ def test_no_session_state_leaks_from_one_client_to_another(pooled, database):
             " current_setting('idle_in_transaction_session_timeout')"
         ).fetchone()
         # Nothing holds an advisory lock, and no transaction was left open.
-        assert direct.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-        ).fetchone() == (0,)
+        assert direct.execute(ADVISORY_LOCKS).fetchone() == (0,)
         assert direct.execute(
             "SELECT count(*) FROM pg_stat_activity"
             " WHERE datname = current_database() AND state LIKE 'idle in transaction%%'"
