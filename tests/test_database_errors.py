@@ -176,10 +176,17 @@ def test_an_unexpected_sqlite_error_propagates(user):
 
 @pytest.mark.vendor("postgresql")
 @pytest.mark.django_db(transaction=True)
-def test_a_record_purged_in_the_middle_of_a_claim_answers_409(user):
+@pytest.mark.parametrize(
+    "after",
+    [
+        "INSERT",  # before the probe reads the record: it finds none
+        "SELECT (pg_try_advisory_xact_lock",  # after: the takeover finds none
+    ],
+)
+def test_a_record_purged_in_the_middle_of_a_claim_answers_409(user, after):
     # On PostgreSQL the claim holds the key's advisory lock but no row lock,
-    # so the purge can delete an expired record between the claim statement,
-    # which read it, and the takeover.
+    # so the purge can delete an expired record between the claim's insert,
+    # the probe that reads it, and the takeover.
     key = new_key()
     send(user, key)
     IdempotencyKey.objects.filter(key=key).update(expires_at=timezone.now() - timedelta(1))
@@ -187,7 +194,7 @@ def test_a_record_purged_in_the_middle_of_a_claim_answers_409(user):
 
     def purge_midway(execute, sql, params, many, context):
         result = execute(sql, params, many, context)
-        if not purged and "pg_try_advisory_xact_lock" in sql:
+        if not purged and sql.startswith(after) and "pg_try_advisory_xact_lock" in sql:
             in_another_thread(lambda: IdempotencyKey.objects.filter(key=key).delete())
             purged.append(sql)
         return result

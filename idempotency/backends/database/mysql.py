@@ -78,18 +78,6 @@ class MariaDBDialect(Dialect):
             f"UPDATE {sql.table} SET", f"UPDATE {sql.table} FORCE INDEX (PRIMARY) SET", 1
         )
 
-    def delete_batch_sql(self, table: str, pk: str, expires_at: str) -> str:
-        # MariaDB refuses LIMIT in an IN subquery, but deletes through a join
-        # with a derived table. STRAIGHT_JOIN makes the join start from the
-        # batch, and FORCE INDEX look each row up by its primary key: ranging
-        # over the expiry index (which the optimizer may choose for each row)
-        # would lock, and wait for, the rows the batch skipped, such as one a
-        # request is taking over.
-        return (
-            f"DELETE {table} FROM ({{select}}) AS batch STRAIGHT_JOIN {table} FORCE INDEX"
-            f" (PRIMARY) ON {table}.{pk} = batch.{pk} WHERE {table}.{expires_at} < %s"
-        )
-
     # Error 1020 (ER_CHECKREAD, "Record has changed since last read"): with
     # innodb_snapshot_isolation=ON (the default from MariaDB 11.6.2), a
     # locking read or write of a record committed after the read view; and

@@ -203,8 +203,8 @@ class PostgreSQLDialect(Dialect):
         if found is None:
             # Another transaction holds the key's lock and has not committed
             # its record, or the purge deleted an expired one since the
-            # claim ran: in flight, or free again for the client's retry.
-            return Attempt(Result.BUSY)
+            # claim ran (the store answers a 409).
+            return Attempt(Result.SHARED)
         # The committed record: one that has not expired, or (without the
         # lock) one that another request may be renewing right now.
         acquired, *existing = found
