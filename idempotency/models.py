@@ -100,19 +100,7 @@ class IdempotencyKeyQuerySet(models.QuerySet["IdempotencyKey"]):
         for as long as the thread lags. A row passed over as locked is left
         for the next run."""
         connection = connections[self.db]
-        quote = connection.ops.quote_name
-        meta = self.model._meta
-        table = quote(meta.db_table)
-        pk_column = quote(cast(str, cast(models.Field, meta.pk).column))  # type: ignore[type-arg]
-        expiry_column = quote(cast(str, cast(models.Field, meta.get_field("expires_at")).column))  # type: ignore[type-arg]
-        # By the primary key only (an index hint needs the multiple-table
-        # form): on a small table the optimizer may range over the expiry
-        # index instead, and wait for the lock of a row the batch skipped
-        # (one being taken over).
-        delete = (
-            f"DELETE {table} FROM {table} FORCE INDEX (PRIMARY) WHERE {pk_column} IN ({{ids}})"
-            f" AND {expiry_column} < %s"
-        )
+        delete = _delete_batch_sql(connection)
         expired = (
             self.expired(cutoff)
             .order_by("expires_at", "pk")
@@ -129,7 +117,7 @@ class IdempotencyKeyQuerySet(models.QuerySet["IdempotencyKey"]):
                     # repeats the expiry test on what it deletes.
                     with connection.cursor() as cursor:
                         cursor.execute(
-                            delete.format(ids=", ".join(["%s"] * len(chosen))),
+                            delete.format(select=", ".join(["%s"] * len(chosen))),
                             [
                                 *(pk for pk, _ in chosen),
                                 connection.ops.adapt_datetimefield_value(cutoff),
@@ -143,6 +131,7 @@ class IdempotencyKeyQuerySet(models.QuerySet["IdempotencyKey"]):
             last_pk, last_expiry = chosen[-1]
             batch = expired.filter(
                 Q(expires_at__gt=last_expiry) | Q(expires_at=last_expiry, pk__gt=last_pk),
+                # The same bound, in the form the optimizer ranges the index on.
                 expires_at__gte=last_expiry,
             )
 
